@@ -1,0 +1,11 @@
+"""stability-sweep: where TensorFlow training is stable, measured.
+
+    >>> import sweep
+    >>> trials = sweep.load_trials("results/quickstart")   # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .reports import load_curves, load_trials  # noqa: E402
+
+__all__ = ["__version__", "load_trials", "load_curves"]

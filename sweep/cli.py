@@ -1,0 +1,183 @@
+"""The `sweep` command.
+
+Exit codes: 0 done, 2 bad input (the message names the file, the field and
+what is allowed; nothing is written), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+# TensorFlow's C++ start-up chatter is not a warning the user can act on; real
+# Python warnings still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import reports
+from .spec import SpecError, load
+from .verdict import STATUSES
+
+console = Console()
+err = Console(stderr=True)
+
+
+class BadInput(click.ClickException):
+    exit_code = 2
+
+
+def _load_study(path: str):
+    try:
+        return load(path)
+    except SpecError as exc:
+        raise BadInput(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stability-sweep")
+def main() -> None:
+    """Measure where TensorFlow training is stable."""
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+def validate(study_file: str) -> None:
+    """Check STUDY_FILE and print the plan; exit 2 naming every wrong field."""
+    study = _load_study(study_file)
+    plan = study.plan()
+    table = Table(title=f"{study.name}: {study.example}, {study.epochs} epochs, sampler {study.sampler}, engine {study.engine}")
+    table.add_column("axis")
+    table.add_column("values")
+    for axis, values in study.grid.items():
+        table.add_row(axis, ", ".join("none" if v is None else str(v) for v in values))
+    table.add_row("seeds", ", ".join(map(str, study.seeds)))
+    console.print(table)
+    n_configs = len(study.configs())
+    console.print(f"{n_configs} configurations x {len(study.seeds)} seeds = {len(plan)} runs")
+
+
+def _progress_printer(total: int, already: int):
+    """A callback that shows progress: a live bar on a terminal, plain lines otherwise."""
+    state = {"last": 0.0}
+    if console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[counts]}"), console=console)
+        task = progress.add_task("runs", total=total, completed=already, rate="", counts="")
+        progress.start()
+
+        def update(summary, rows):
+            rate = summary.ran / summary.seconds if summary.seconds else 0.0
+            counts = " ".join(f"{s}:{summary.counts[s]}" for s in STATUSES if summary.counts[s])
+            progress.update(task, completed=already + summary.ran, rate=f"{rate:.2f} runs/s", counts=counts)
+
+        return update, progress.stop
+
+    def line(summary, rows):
+        now = time.monotonic()
+        done = already + summary.ran
+        if now - state["last"] < 5 and done < total:
+            return
+        state["last"] = now
+        rate = summary.ran / summary.seconds if summary.seconds else 0.0
+        counts = " ".join(f"{s}={summary.counts[s]}" for s in STATUSES if summary.counts[s])
+        click.echo(f"runs {done}/{total}  {rate:.2f} runs/s  {counts}", err=False)
+
+    return line, lambda: None
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--results", "results_dir", default="results", show_default=True, help="Where DIR/<study name>/ goes.")
+@click.option("--engine", type=click.Choice(["keras", "population"]), default=None, help="Override the study's engine.")
+@click.option("--max-trials", type=click.IntRange(min=1), default=None, help="Stop after this many runs (resume later).")
+def run(study_file: str, results_dir: str, engine: str | None, max_trials: int | None) -> None:
+    """Run or resume STUDY_FILE; results go to RESULTS/<study name>/."""
+    from . import study as driver
+
+    s = _load_study(study_file)
+    try:
+        out = driver.prepare_dir(s, results_dir)
+    except (PermissionError, driver.StudyConflict) as exc:
+        raise BadInput(str(exc)) from None
+    plan_size = len(s.plan())
+    already = len(reports.done_rows(out))
+    click.echo(f"{s.name}: {plan_size} runs planned, {already} already recorded in {out}")
+    update, stop = _progress_printer(plan_size, already)
+    try:
+        summary = driver.run(s, results_dir, engine=engine, max_trials=max_trials, on_batch=update)
+    finally:
+        stop()
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:
+    trials = reports.load_trials(summary.study_dir)
+    counts = trials["status"].value_counts()
+    table = Table(title=f"{summary.study_dir}: {len(trials)} of {summary.planned} runs recorded")
+    table.add_column("status")
+    table.add_column("runs", justify="right")
+    for s in STATUSES:
+        if counts.get(s, 0):
+            table.add_row(s, str(int(counts[s])))
+    console.print(table)
+    if summary.ran:
+        console.print(f"this session: {summary.ran} runs in {summary.seconds:.1f} s ({summary.ran / summary.seconds:.2f} runs/s)")
+
+
+@main.command()
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--status", type=click.Choice(list(STATUSES)), default=None, help="Only runs with this status.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def show(study_dir: str, status: str | None, limit: int) -> None:
+    """List the runs of a finished or running study."""
+    try:
+        df = reports.load_trials(study_dir)
+    except reports.ResultsError as exc:
+        raise BadInput(str(exc)) from None
+    if status:
+        df = df[df["status"] == status]
+    from .spec import AXES
+
+    varying = [a for a in AXES if df[a].nunique(dropna=False) > 1] or ["learning_rate"]
+    cols = ["trial", "seed", *varying, "status", "final_loss_ratio", "first_nonfinite_step", "grad_norm_max"]
+    table = Table(title=f"{study_dir}: {len(df)} runs" + (f" with status {status}" if status else ""))
+    for c in cols:
+        table.add_column(c, justify="right" if c not in ("status",) else "left")
+    for _, r in df.head(limit).iterrows():
+        table.add_row(*[_fmt(r[c]) for c in cols])
+    console.print(table)
+
+
+def _fmt(v) -> str:
+    import pandas as pd
+
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+@main.command()
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.argument("trial", type=int)
+def repro(study_dir: str, trial: int) -> None:
+    """Print a standalone Keras script that reproduces one run."""
+    from .repro import script
+
+    try:
+        click.echo(script(study_dir, trial), nl=False)
+    except (reports.ResultsError, LookupError, FileNotFoundError) as exc:
+        raise BadInput(str(exc)) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Engines train runs and report telemetry; they never judge or write anything.
+
+The protocol is one method: `train(study, runs)` returns, for each run in
+order, an `Outcome` or the exception that run raised. Whatever an engine
+does inside, these facts are shared so that engines agree run for run:
+
+* the data of a run: the example's data set for the study's `data_seed`,
+  scaled by the run's scaler (`problem`);
+* the initial weights: the Keras model the builder gives after
+  `keras.utils.set_random_seed(seed)`;
+* the batch order of every epoch: `batch_order(seed, epoch, n)`.
+
+    >>> from sweep.engines import batch_order
+    >>> batch_order(seed=0, epoch=1, n=5).tolist() == batch_order(0, 1, 5).tolist()
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+import numpy as np
+
+from ..catalog import EXAMPLES, make_loss, scale
+
+if TYPE_CHECKING:
+    from ..spec import Config, Run, Study
+
+
+def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The sample order of one epoch (epochs count from 1), drawn from the run's seed alone."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@dataclass
+class Outcome:
+    """What one run measured. Epoch lists hold epochs 1..E (shorter if training stopped)."""
+
+    initial_loss: float
+    initial_accuracy: float
+    epoch_loss: list[float] = field(default_factory=list)
+    epoch_accuracy: list[float] = field(default_factory=list)
+    epoch_grad_norm_max: list[float] = field(default_factory=list)
+    epoch_learning_rate: list[float] = field(default_factory=list)
+    grad_norms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # unclipped, every step
+    clipped_steps: int = 0
+    # 0-based index of the optimizer step whose loss, gradient or updated weights were first
+    # non-finite (0 also when the initial model's loss already is); None when all stayed finite.
+    first_nonfinite_step: int | None = None
+    wall_seconds: float = 0.0
+    engine: str = ""
+
+
+class Engine(Protocol):
+    name: str
+
+    def train(self, study: "Study", runs: Sequence["Run"]) -> list[Outcome | BaseException]: ...
+
+
+@dataclass
+class Problem:
+    """A run's model (freshly initialised), training data and loss, ready to train."""
+
+    model: Any
+    x: np.ndarray
+    y: np.ndarray
+    loss_fn: Any
+    accuracy: str  # "binary" | "categorical"
+
+
+@functools.lru_cache(maxsize=32)
+def example_data(example: str, data_seed: int, scaler: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = EXAMPLES[example].data(data_seed)
+    return scale(x, scaler), y
+
+
+def user_builder(ref: str):
+    module_name, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def problem(study: "Study", config: "Config", seed: int) -> Problem:
+    """Build the run's model under its seed, with its data and loss."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if study.example in EXAMPLES:
+        ex = EXAMPLES[study.example]
+        x, y = example_data(study.example, study.data_seed, config.scaler)
+        model = ex.build(config.activation, x.shape[1])
+        return Problem(model, x, y, make_loss(config.loss), ex.accuracy)
+    built = user_builder(study.example)(activation=config.activation, seed=study.data_seed)
+    if not (isinstance(built, tuple) and len(built) == 3 and isinstance(built[0], keras.Model)):
+        raise TypeError(f"{study.example} must return (keras.Model, x, y); it returned {type(built).__name__}")
+    model, x, y = built
+    if getattr(model, "loss", None) is None:
+        raise TypeError(f"{study.example} must compile its model with a loss (model.compile(loss=...))")
+    x = scale(np.asarray(x, dtype="float32"), config.scaler)
+    y = np.asarray(y, dtype="float32")
+    accuracy = "binary" if model.outputs[0].shape[-1] == 1 else "categorical"
+    return Problem(model, x, y, keras.losses.get(model.loss), accuracy)
+
+
+def make_optimizer(config: "Config"):
+    """The Keras optimizer of a configuration, with its one kind of clipping."""
+    import keras
+
+    kinds = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    clip = {k: getattr(config, k) for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(config, k) is not None}
+    return kinds[config.optimizer](learning_rate=config.learning_rate, **clip)
+
+
+def get_engine(name: str) -> Engine:
+    if name == "keras":
+        from .keras_engine import KerasEngine
+
+        return KerasEngine()
+    raise ValueError(f"unknown engine {name!r}")

@@ -1,0 +1,131 @@
+"""The reference engine: one run at a time with the real Keras model, optimizer and loss.
+
+Training is Keras's own arithmetic: the model's forward pass, the compiled
+loss, `optimizer.apply_gradients` (which does the clipping), and Keras's
+`ReduceLROnPlateau` callback driven at every epoch end. The loop is written
+out only to see what `model.fit` hides: the unclipped gradient norm at every
+step, whether clipping acted, and the first step at which anything turned
+non-finite (training stops there). The epoch loss and accuracy are what
+`model.fit` reports: batch means weighted by batch size.
+
+    >>> from sweep.spec import parse
+    >>> from sweep.engines.keras_engine import KerasEngine
+    >>> study = parse('[study]\\nname="d"\\nexample="exploding_gradients"\\nepochs=1\\nseeds=[0]', "d.toml")
+    >>> [outcome] = KerasEngine().train(study, study.plan())
+    >>> len(outcome.epoch_loss)
+    1
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from ..catalog import PLATEAU
+from ..spec import Config, Run, Study
+from . import Outcome, batch_order, make_optimizer, problem
+
+
+def clipping_acted(config: Config, grads, global_norm):
+    """True when the optimizer's clipping changed this step's gradients (Keras's own tests)."""
+    import tensorflow as tf
+
+    if config.clipnorm is not None:
+        return tf.reduce_any(tf.stack([tf.norm(g) > config.clipnorm for g in grads]))
+    if config.global_clipnorm is not None:
+        return global_norm > config.global_clipnorm
+    if config.clipvalue is not None:
+        return tf.reduce_any(tf.stack([tf.reduce_any(tf.abs(g) > config.clipvalue) for g in grads]))
+    return tf.constant(False)
+
+
+def train_one(study: Study, config: Config, seed: int) -> Outcome:
+    import keras
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    p = problem(study, config, seed)
+    model, x, y = p.model, p.x, p.y
+    optimizer = make_optimizer(config)
+    # compile gives the callback its model.optimizer; training below is ours.
+    model.compile(optimizer=optimizer, loss=p.loss_fn)
+    variables = model.trainable_variables
+    optimizer.build(variables)
+    accuracy_fn = keras.metrics.binary_accuracy if p.accuracy == "binary" else keras.metrics.categorical_accuracy
+
+    @tf.function(reduce_retracing=True)
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            pred = model(xb, training=True)
+            loss = p.loss_fn(yb, pred)
+        grads = tape.gradient(loss, variables)
+        norm = tf.linalg.global_norm(grads)
+        acted = clipping_acted(config, grads, norm)
+        optimizer.apply_gradients(zip(grads, variables))
+        finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
+        return loss, tf.reduce_mean(accuracy_fn(yb, pred)), norm, acted, finite
+
+    pred0 = model(x, training=False)
+    out = Outcome(
+        initial_loss=float(p.loss_fn(y, pred0)),
+        initial_accuracy=float(np.mean(accuracy_fn(y, pred0))),
+        engine="keras",
+    )
+    if not np.isfinite(out.initial_loss):
+        out.first_nonfinite_step = 0
+        out.wall_seconds = time.perf_counter() - started
+        return out
+
+    plateau = None
+    if config.schedule == "plateau":
+        plateau = keras.callbacks.ReduceLROnPlateau(**PLATEAU, verbose=0)
+        plateau.set_model(model)
+        plateau.on_train_begin()
+
+    n, bs = len(x), config.batch_size
+    norms, steps = [], 0
+    for epoch in range(1, study.epochs + 1):
+        lr = float(np.asarray(optimizer.learning_rate))
+        order = batch_order(seed, epoch, n)
+        loss_sum = acc_sum = 0.0
+        seen, epoch_norm_max = 0, 0.0
+        for start in range(0, n, bs):
+            idx = order[start:start + bs]
+            loss, acc, norm, acted, finite = step(x[idx], y[idx])
+            loss, norm = float(loss), float(norm)
+            norms.append(norm)
+            loss_sum += loss * len(idx)
+            acc_sum += float(acc) * len(idx)
+            seen += len(idx)
+            epoch_norm_max = max(epoch_norm_max, norm) if np.isfinite(norm) else norm
+            if not (np.isfinite(loss) and np.isfinite(norm) and bool(finite)):
+                out.first_nonfinite_step = steps
+                break
+            steps += 1
+            out.clipped_steps += int(bool(acted))
+        out.epoch_loss.append(loss_sum / seen)
+        out.epoch_accuracy.append(acc_sum / seen)
+        out.epoch_grad_norm_max.append(epoch_norm_max)
+        out.epoch_learning_rate.append(lr)
+        if out.first_nonfinite_step is not None:
+            break
+        if plateau is not None:
+            plateau.on_epoch_end(epoch - 1, {"loss": out.epoch_loss[-1]})
+    out.grad_norms = np.asarray(norms, dtype=np.float64)
+    out.wall_seconds = time.perf_counter() - started
+    return out
+
+
+class KerasEngine:
+    name = "keras"
+
+    def train(self, study: Study, runs: Sequence[Run]) -> list[Outcome | BaseException]:
+        results: list[Outcome | BaseException] = []
+        for run in runs:
+            try:
+                results.append(train_one(study, run.config, run.seed))
+            except Exception as exc:  # recorded as the run's `error` status by the caller
+                results.append(exc)
+        return results

@@ -1,0 +1,276 @@
+"""Parquet reports: the columns (one place), rows from outcomes, atomic part files, loaders.
+
+A study directory holds `trials/` and `curves/`, datasets of part files.
+Each batch of finished runs becomes one `curves/part-X.parquet` and then one
+`trials/part-X.parquet`, each written to a hidden temporary file and renamed,
+so a reader never sees half a file; a trials part is the record that its runs
+are done, and a curves part without its trials part (a crash between the two)
+is removed on the next start::
+
+    >>> import sweep
+    >>> trials = sweep.load_trials("results/quickstart")          # doctest: +SKIP
+    >>> trials.groupby("clipnorm", dropna=False).status.value_counts()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .engines import Outcome
+from .spec import CATEGORICAL_AXES, Run, Study
+from .verdict import STATUSES, judge, spike_epochs
+
+SCHEMA_VERSION = "1"
+
+TRIAL_COLUMNS = pa.schema([
+    ("study", pa.string()),
+    ("trial", pa.int64()),
+    ("config_id", pa.string()),
+    ("seed", pa.int64()),
+    ("example", pa.string()),
+    ("engine", pa.string()),
+    ("learning_rate", pa.float64()),
+    ("clipnorm", pa.float64()),
+    ("global_clipnorm", pa.float64()),
+    ("clipvalue", pa.float64()),
+    ("batch_size", pa.int64()),
+    ("activation", pa.string()),
+    ("scaler", pa.string()),
+    ("optimizer", pa.string()),
+    ("loss", pa.string()),
+    ("schedule", pa.string()),
+    ("epochs", pa.int64()),
+    ("status", pa.string()),
+    ("first_nonfinite_step", pa.int64()),
+    ("initial_loss", pa.float64()),
+    ("final_loss", pa.float64()),
+    ("best_loss", pa.float64()),
+    ("max_loss_ratio", pa.float64()),
+    ("final_loss_ratio", pa.float64()),
+    ("loss_spikes", pa.int64()),
+    ("grad_norm_p50", pa.float64()),
+    ("grad_norm_p90", pa.float64()),
+    ("grad_norm_max", pa.float64()),
+    ("clip_fraction", pa.float64()),
+    ("final_accuracy", pa.float64()),
+    ("wall_seconds", pa.float64()),
+    ("worker", pa.string()),
+    ("node", pa.string()),
+    ("started_at", pa.timestamp("us", tz="UTC")),
+    ("tf_version", pa.string()),
+    ("keras_version", pa.string()),
+    ("sweep_version", pa.string()),
+    ("message", pa.string()),  # why a run is `error` or `timeout`; null otherwise
+])
+
+CURVE_COLUMNS = pa.schema([
+    ("study", pa.string()),
+    ("trial", pa.int64()),
+    ("seed", pa.int64()),
+    ("epoch", pa.int64()),  # 0 is the initialised model before any update
+    ("loss", pa.float64()),
+    ("accuracy", pa.float64()),
+    ("grad_norm_max", pa.float64()),
+    ("learning_rate", pa.float64()),
+])
+
+# Columns that load as pandas categoricals, with their categories fixed so that
+# every part file, study and session agrees.
+CATEGORIES = {**CATEGORICAL_AXES, "status": STATUSES}
+NULLABLE_INTS = ("first_nonfinite_step",)
+
+
+class ResultsError(Exception):
+    """A results directory that cannot be read as this version's reports."""
+
+
+def _versions() -> tuple[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return tf.__version__, keras.__version__
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b != 0 else math.nan
+
+
+def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker: str = "",
+             started_at: datetime | None = None, status: str | None = None) -> tuple[dict, list[dict]]:
+    """The trials row and curve rows of one run: the verdict is taken here, from the outcome."""
+    c = run.config
+    tf_version, keras_version = _versions()
+    row = {
+        "study": study.name, "trial": run.trial, "config_id": c.config_id, "seed": run.seed,
+        "example": study.example, "learning_rate": c.learning_rate, "clipnorm": c.clipnorm,
+        "global_clipnorm": c.global_clipnorm, "clipvalue": c.clipvalue, "batch_size": c.batch_size,
+        "activation": c.activation, "scaler": c.scaler, "optimizer": c.optimizer, "loss": c.loss,
+        "schedule": c.schedule, "epochs": study.epochs, "worker": worker, "node": socket.gethostname(),
+        "started_at": started_at or datetime.now(timezone.utc), "tf_version": tf_version,
+        "keras_version": keras_version, "sweep_version": __version__,
+    }
+    if isinstance(outcome, BaseException):
+        row.update(status=status or "error", engine=study.engine, loss_spikes=0,
+                   message=f"{type(outcome).__name__}: {outcome}"[:2000])
+        return row, []
+
+    losses = outcome.epoch_loss
+    l0 = outcome.initial_loss
+    norms = outcome.grad_norms[np.isfinite(outcome.grad_norms)]
+    n_steps = len(outcome.grad_norms)
+    final = losses[-1] if losses else math.nan
+    row.update(
+        engine=outcome.engine,
+        status=judge(l0, losses, outcome.first_nonfinite_step, study.verdict),
+        first_nonfinite_step=outcome.first_nonfinite_step,
+        initial_loss=l0,
+        final_loss=final,
+        best_loss=min(losses) if losses else math.nan,
+        max_loss_ratio=_ratio(max(losses), l0) if losses else math.nan,
+        final_loss_ratio=_ratio(final, l0),
+        loss_spikes=len(spike_epochs(losses, study.verdict.spike_factor)),
+        grad_norm_p50=float(np.percentile(norms, 50)) if len(norms) else math.nan,
+        grad_norm_p90=float(np.percentile(norms, 90)) if len(norms) else math.nan,
+        grad_norm_max=float(outcome.grad_norms.max()) if n_steps else math.nan,
+        clip_fraction=outcome.clipped_steps / n_steps if n_steps else 0.0,
+        final_accuracy=outcome.epoch_accuracy[-1] if outcome.epoch_accuracy else outcome.initial_accuracy,
+        wall_seconds=outcome.wall_seconds,
+        message=None,
+    )
+    curves = [{"study": study.name, "trial": run.trial, "seed": run.seed, "epoch": 0, "loss": l0,
+               "accuracy": outcome.initial_accuracy, "grad_norm_max": None,
+               "learning_rate": c.learning_rate}]
+    for i, loss in enumerate(losses):
+        curves.append({"study": study.name, "trial": run.trial, "seed": run.seed, "epoch": i + 1,
+                       "loss": loss, "accuracy": outcome.epoch_accuracy[i],
+                       "grad_norm_max": outcome.epoch_grad_norm_max[i],
+                       "learning_rate": outcome.epoch_learning_rate[i]})
+    return row, curves
+
+
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    full = [{name: r.get(name) for name in schema.names} for r in rows]
+    table = pa.Table.from_pylist(full, schema=schema)
+    return table.replace_schema_metadata({"schema_version": SCHEMA_VERSION})
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file so that `path` is either absent or complete, never torn."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_batch(study_dir: Path, trial_rows: list[dict], curve_rows: list[dict]) -> str:
+    """Commit one batch of finished runs: curves first, then the trials part that records them."""
+    stem = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+    (study_dir / "trials").mkdir(parents=True, exist_ok=True)
+    (study_dir / "curves").mkdir(parents=True, exist_ok=True)
+    write_atomic(_table(curve_rows, CURVE_COLUMNS), study_dir / "curves" / f"{stem}.parquet")
+    write_atomic(_table(trial_rows, TRIAL_COLUMNS), study_dir / "trials" / f"{stem}.parquet")
+    return stem
+
+
+def tidy(study_dir: Path) -> list[str]:
+    """Remove what a crash can leave behind: temporary files and curves parts no trials part
+    records. Returns what was removed, for the log."""
+    removed = []
+    trials = {p.name for p in (study_dir / "trials").glob("part-*.parquet")}
+    for sub in ("trials", "curves"):
+        for p in (study_dir / sub).glob(".*.tmp"):
+            p.unlink()
+            removed.append(str(p))
+    for p in (study_dir / "curves").glob("part-*.parquet"):
+        if p.name not in trials:
+            p.unlink()
+            removed.append(str(p))
+    return removed
+
+
+def _parts(directory: Path) -> list[Path]:
+    return sorted(directory.glob("part-*.parquet"))
+
+
+def _read(directory: Path, schema: pa.Schema) -> pa.Table:
+    tables = []
+    for part in _parts(directory):
+        try:
+            pf = pq.ParquetFile(part)
+        except Exception as exc:
+            raise ResultsError(f"{part}: not a readable Parquet file ({exc}); move it out of {directory}") from None
+        version = (pf.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
+        if version != SCHEMA_VERSION:
+            raise ResultsError(f"{part}: schema_version {version}, this sweep reads {SCHEMA_VERSION}")
+        missing = set(schema.names) - set(pf.schema_arrow.names)
+        if missing:
+            raise ResultsError(f"{part}: missing columns {sorted(missing)}")
+        tables.append(pf.read(columns=schema.names).cast(schema))
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables)
+
+
+def _typed(table: pa.Table) -> pd.DataFrame:
+    df = table.to_pandas()
+    for col, cats in CATEGORIES.items():
+        if col in df.columns:
+            df[col] = pd.Categorical(df[col], categories=list(cats))
+    for col in ("example", "engine"):
+        if col in df.columns:
+            df[col] = df[col].astype("category")
+    for col in NULLABLE_INTS:
+        if col in df.columns:
+            df[col] = df[col].astype("Int64")
+    return df
+
+
+def study_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not (p / "trials").is_dir():
+        raise ResultsError(f"{p}: not a study results directory (no trials/ inside)")
+    return p
+
+
+def load_trials(path: str | os.PathLike) -> pd.DataFrame:
+    """One row per (configuration, seed), typed: categoricals, nullable clipping and steps."""
+    return _typed(_read(study_path(path) / "trials", TRIAL_COLUMNS)).sort_values("trial", ignore_index=True)
+
+
+def load_curves(path: str | os.PathLike) -> pd.DataFrame:
+    """Per-epoch loss, accuracy, gradient norm and learning rate of every run that has them."""
+    p = study_path(path)
+    recorded = {x.name for x in _parts(p / "trials")}
+    # Curves of a batch whose trials part was never written are not results (see `tidy`).
+    stray = [x.name for x in _parts(p / "curves") if x.name not in recorded]
+    if stray:
+        raise ResultsError(f"{p / 'curves'}: parts without a trials record {stray}; `sweep run` tidies them")
+    return _typed(_read(p / "curves", CURVE_COLUMNS)).sort_values(["trial", "epoch"], ignore_index=True)
+
+
+def done_rows(study_dir: Path) -> dict[tuple[str, int], dict]:
+    """Every run already recorded: (config_id, seed) -> its trials row."""
+    if not (study_dir / "trials").is_dir():
+        return {}
+    return {(r["config_id"], r["seed"]): r for r in _read(study_dir / "trials", TRIAL_COLUMNS).to_pylist()}
+
