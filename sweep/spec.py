@@ -306,7 +306,7 @@ def parse(text: str, path: str = "<study>") -> Study:
         seeds = None
 
     choices = {}
-    for key, allowed, default in (("sampler", SAMPLERS, "grid"), ("engine", ENGINES, "population")):
+    for key, allowed, default in (("sampler", SAMPLERS, "grid"), ("engine", ENGINES, "keras")):
         v = study.get(key, default)
         if v not in allowed:
             problems.append((f"study.{key}", f"{v!r} is not allowed; allowed: {' | '.join(allowed)}"))
