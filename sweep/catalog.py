@@ -19,7 +19,7 @@ Keras is imported only when a model or loss is built, so reading the catalog
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -98,7 +98,6 @@ class Example:
     claimed_failure: tuple[str, ...]  # statuses that would confirm the failure claim
     epochs: int = 20
     notes: str = ""
-    grid: dict[str, list] = field(default_factory=dict)  # the example's study grid
 
     def build(self, activation: str, n_features: int):
         return mlp(n_features, activation, self.n_out, self.out_activation)
@@ -172,8 +171,6 @@ def _regression_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x.astype("float32"), y.astype("float32")
 
 
-LR_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]
-
 EXAMPLES: dict[str, Example] = {}
 
 
@@ -201,12 +198,6 @@ _add(
         "clipnorm=1.0) stabilises it.",
         claimed_failure=("nan",),
         epochs=20,
-        grid={
-            "learning_rate": LR_GRID,
-            "clipnorm": ["none", 0.1, 1.0, 10.0],
-            "batch_size": [16, 32, 128],
-            "activation": ["relu", "tanh"],
-        },
     )
 )
 
@@ -232,11 +223,6 @@ _add(
         epochs=20,
         notes="The document only evaluates the loss on fixed arrays; training the example-1 MLP "
         "with it at example 1's learning rate is the setting in which a practitioner meets it.",
-        grid={
-            "learning_rate": LR_GRID,
-            "loss": ["handwritten", "handwritten_clipped", "binary_crossentropy"],
-            "activation": ["relu", "tanh"],
-        },
     )
 )
 
@@ -260,11 +246,6 @@ _add(
         "StandardScaler 'often helps gradient descent and leads to faster and more stable training'.",
         claimed_failure=("nan", "diverged", "stalled", "unstable"),
         epochs=10,
-        grid={
-            "learning_rate": LR_GRID,
-            "scaler": ["none", "standard", "minmax"],
-            "activation": ["relu", "tanh"],
-        },
     )
 )
 
@@ -290,12 +271,6 @@ _add(
         "from causing numerical instability' that leads to NaN loss and zero accuracy.",
         claimed_failure=("nan", "diverged", "stalled", "unstable"),
         epochs=10,
-        grid={
-            "learning_rate": LR_GRID,
-            "clipnorm": ["none", 0.1, 1.0, 10.0],
-            "global_clipnorm": ["none", 1.0],
-            "activation": ["relu", "tanh"],
-        },
     )
 )
 
@@ -321,11 +296,6 @@ _add(
         "MinMaxScaler 'reduc[es] the risk of numerical issues'.",
         claimed_failure=("nan", "diverged", "stalled", "unstable"),
         epochs=10,
-        grid={
-            "learning_rate": LR_GRID,
-            "scaler": ["none", "standard", "minmax"],
-            "optimizer": ["adam", "sgd"],
-        },
     )
 )
 
@@ -352,11 +322,6 @@ _add(
         "divergence', and 'has proven effective in preventing NaN issues'.",
         claimed_failure=("nan", "diverged", "unstable"),
         epochs=10,
-        grid={
-            "learning_rate": LR_GRID,
-            "schedule": ["constant", "plateau"],
-            "activation": ["relu", "tanh"],
-        },
     )
 )
 
