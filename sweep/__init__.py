@@ -6,6 +6,7 @@
 
 __version__ = "0.1.0"
 
+from .maps import load_boundary, load_map  # noqa: E402
 from .reports import load_curves, load_trials  # noqa: E402
 
-__all__ = ["__version__", "load_trials", "load_curves"]
+__all__ = ["__version__", "load_trials", "load_curves", "load_map", "load_boundary"]

@@ -69,7 +69,12 @@ STUDY_KEYS = {
     "timeout": "seconds per run, a number > 0",
     "n_trials": "an integer >= 1 (tpe: how many configurations to try)",
 }
-SECTIONS = ("study", "grid", "verdict")
+SECTIONS = ("study", "grid", "verdict", "boundary")
+BOUNDARY_KEYS = {
+    "resolution": "a number > 1: the boundary sampler stops bisecting a setting's edge once "
+                  "lr_unstable_min / lr_stable_max is at most this factor (it probes the grid's "
+                  "learning rates, so two neighbouring grid values always stop it)",
+}
 
 
 class SpecError(Exception):
@@ -132,6 +137,8 @@ class Study:
     data_seed: int = 0
     timeout: float | None = None
     n_trials: int | None = None
+    # [boundary] resolution; None: bisect down to neighbouring grid learning rates.
+    resolution: float | None = None
     path: str = "<study>"
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -255,6 +262,7 @@ def parse(text: str, path: str = "<study>") -> Study:
     study = raw.get("study") if isinstance(raw.get("study"), dict) else {}
     grid_raw = raw.get("grid") if isinstance(raw.get("grid"), dict) else {}
     verdict_raw = raw.get("verdict") if isinstance(raw.get("verdict"), dict) else {}
+    boundary_raw = raw.get("boundary") if isinstance(raw.get("boundary"), dict) else {}
     if "study" not in raw:
         problems.append(("study", "missing; a study file needs a [study] table with name and example"))
 
@@ -350,12 +358,21 @@ def parse(text: str, path: str = "<study>") -> Study:
     if t_values:
         thresholds = Thresholds(**t_values)
 
+    for key in boundary_raw:
+        if key not in BOUNDARY_KEYS:
+            problems.append((f"boundary.{key}", f"unknown key; allowed: {', '.join(BOUNDARY_KEYS)}"))
+    resolution = boundary_raw.get("resolution")
+    if resolution is not None and (not _is_number(resolution) or not math.isfinite(resolution) or resolution <= 1):
+        problems.append(("boundary.resolution", f"{resolution!r} is not allowed; allowed: {BOUNDARY_KEYS['resolution']}"))
+        resolution = None
+
     if problems:
         raise SpecError(path, problems)
     s = Study(
         name=name, example=example, epochs=epochs, seeds=tuple(seeds), sampler=choices["sampler"],
         engine=choices["engine"], grid=grid, verdict=thresholds, data_seed=data_seed,
-        timeout=float(timeout) if timeout is not None else None, n_trials=n_trials, path=path, raw=raw,
+        timeout=float(timeout) if timeout is not None else None, n_trials=n_trials,
+        resolution=float(resolution) if resolution is not None else None, path=path, raw=raw,
     )
     if not s.configs():
         raise SpecError(path, [("grid", "every combination sets more than one of clipnorm, global_clipnorm, "

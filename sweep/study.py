@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import reports
+from . import maps, reports
 from .pool import LocalPool
 from .samplers import get_sampler
 from .spec import AXES, Run, Study
@@ -153,5 +153,7 @@ def run(study: Study, results: str | os.PathLike = "results", *, engine: str | N
                 summary.seconds = time.perf_counter() - started
                 if on_batch:
                     on_batch(summary, rows)
+    # The maps are a view of trials/: rebuilt whole at the end of every session, resumed or not.
+    maps.write(out)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -1,0 +1,276 @@
+"""Stability maps: P(stable) per (setting, learning rate) and each setting's edge.
+
+A *setting* is every axis but learning rate (`spec.SETTING_AXES`); its runs at
+one learning rate are its seeds. Two reports come from the trials of a study:
+
+* `map.parquet`, one row per (setting, learning rate): how many seeds ran,
+  how many were stable, P(stable) with its 95 % Wilson interval, the most
+  common status and the median final-loss ratio (final loss / l0);
+* `boundary.parquet`, one row per setting: the edge bracket
+  [`lr_stable_max`, `lr_unstable_min`] (the first non-stable learning rate
+  above the smallest stable one, and the largest stable one below it; a
+  learning rate is stable when a strict majority of its seeds are),
+  `lr_stable_min` (below it, learning is too slow or nothing is stable),
+  `edge_status` (what happens beyond the edge), `n_runs`, and
+  `lr_sensitivity` (Wortsman et al. 2023, "Small-scale proxies for
+  large-scale Transformer training instabilities": the mean over the
+  learning-rate grid of min(final loss, l0) minus the best final loss).
+
+Both are rebuilt from `trials/` at the end of every study session and
+written atomically with `schema_version` metadata::
+
+    >>> import pandas as pd
+    >>> from sweep.maps import build
+    >>> trials = pd.DataFrame({
+    ...     "study": "d", "example": "exploding_gradients", "activation": "relu", "scaler": "none",
+    ...     "optimizer": "adam", "loss": "binary_crossentropy", "schedule": "constant",
+    ...     "batch_size": 32, "clipnorm": None, "global_clipnorm": None, "clipvalue": None,
+    ...     "learning_rate": [0.001, 0.001, 0.01, 0.01, 0.1, 0.1],
+    ...     "seed": [0, 1, 0, 1, 0, 1],
+    ...     "status": ["stable", "stable", "stable", "stable", "stalled", "stable"],
+    ...     "initial_loss": 0.7, "final_loss": [0.5, 0.5, 0.3, 0.3, 0.7, 0.4]})
+    >>> m, b = build(trials)
+    >>> m[["learning_rate", "n_stable", "p_stable", "modal_status"]].values.tolist()
+    [[0.001, 2, 1.0, 'stable'], [0.01, 2, 1.0, 'stable'], [0.1, 1, 0.5, 'stalled']]
+    >>> b[["lr_stable_min", "lr_stable_max", "lr_unstable_min", "edge_status", "n_runs"]].values.tolist()
+    [[0.001, 0.01, 0.1, 'stalled', 6]]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .reports import CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, load_trials, write_atomic
+from .spec import AXES, SETTING_AXES
+from .verdict import ORCHESTRATOR_STATUSES, STATUSES
+
+MAP_FILE = "map.parquet"
+BOUNDARY_FILE = "boundary.parquet"
+
+# z of a two-sided 95 % interval.
+WILSON_Z = 1.959963984540054
+
+# Axis columns keep the trials' Arrow types: one place for each column's type.
+_IDENTITY = [TRIAL_COLUMNS.field("study"), TRIAL_COLUMNS.field("example")]
+_AXIS_FIELDS = [TRIAL_COLUMNS.field(a) for a in AXES]
+_SETTING_FIELDS = [TRIAL_COLUMNS.field(a) for a in SETTING_AXES]
+
+MAP_COLUMNS = pa.schema(_IDENTITY + _AXIS_FIELDS + [
+    ("n_seeds", pa.int64()),  # runs that trained to a verdict (error/timeout excluded)
+    ("n_stable", pa.int64()),
+    ("p_stable", pa.float64()),
+    ("p_low", pa.float64()),  # 95 % Wilson interval of p_stable
+    ("p_high", pa.float64()),
+    ("modal_status", pa.string()),  # most common status; ties go to the earlier of verdict.STATUSES
+    ("median_final_loss_ratio", pa.float64()),  # a non-finite final loss counts as +inf
+])
+
+BOUNDARY_COLUMNS = pa.schema(_IDENTITY + _SETTING_FIELDS + [
+    ("lr_stable_min", pa.float64()),  # smallest stable learning rate (null: none stable)
+    ("lr_stable_max", pa.float64()),  # largest stable learning rate below the edge
+    ("lr_unstable_min", pa.float64()),  # first non-stable learning rate above lr_stable_min (null: no edge)
+    ("edge_status", pa.string()),  # modal status at lr_unstable_min; with nothing stable, of all runs
+    ("n_runs", pa.int64()),
+    ("lr_sensitivity", pa.float64()),
+])
+
+
+def wilson(k: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The Wilson score interval of k successes in n trials (NaN, NaN when n is 0).
+
+    >>> [round(v, 3) for v in wilson(5, 5)]
+    [0.566, 1.0]
+    """
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # At k = 0 or k = n the bound is exactly 0 or 1; the formula leaves rounding dust.
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
+
+
+def modal_status(statuses: pd.Series) -> str | None:
+    """The most common status; ties go to the status checked first by the verdict rules."""
+    counts = statuses.astype(str).value_counts()
+    if counts.empty:
+        return None
+    top = counts.max()
+    return next(s for s in STATUSES if counts.get(s, 0) == top)
+
+
+def _setting_key_frame(trials: pd.DataFrame, axes: tuple[str, ...]) -> pd.Series:
+    # Clipping is null when absent; groupby on NaN keys is fragile across pandas versions,
+    # so group on a tuple key where null is a plain None.
+    cols = [trials[a].astype(object).where(trials[a].notna(), None) for a in axes]
+    return pd.Series(list(zip(*cols)), index=trials.index) if cols else pd.Series([()] * len(trials))
+
+
+def build(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The map and boundary rows of a study's trials (as `load_trials` returns them)."""
+    trials = trials.reset_index(drop=True)
+    map_rows, boundary_rows = [], []
+    if trials.empty:
+        return (_frame([], MAP_COLUMNS), _frame([], BOUNDARY_COLUMNS))
+    setting_key = _setting_key_frame(trials, SETTING_AXES)
+    for key, runs in trials.groupby(setting_key, sort=False):
+        setting = dict(zip(SETTING_AXES, key))
+        identity = {"study": str(runs["study"].iloc[0]), "example": str(runs["example"].iloc[0])}
+        per_lr = []
+        for lr, seeds in runs.groupby("learning_rate", sort=True):
+            row = {**identity, **setting, "learning_rate": float(lr), **_cell(seeds)}
+            per_lr.append(row)
+            map_rows.append(row)
+        boundary_rows.append({**identity, **setting, **edge(per_lr), "n_runs": len(runs),
+                              "lr_sensitivity": lr_sensitivity(runs)})
+    return _frame(map_rows, MAP_COLUMNS), _frame(boundary_rows, BOUNDARY_COLUMNS)
+
+
+def _cell(seeds: pd.DataFrame) -> dict:
+    """One (setting, learning rate): its seeds' statuses summarised."""
+    status = seeds["status"].astype(str)
+    trained = status[~status.isin(ORCHESTRATOR_STATUSES)]
+    n, k = len(trained), int((trained == "stable").sum())
+    low, high = wilson(k, n)
+    ratio = (seeds["final_loss"] / seeds["initial_loss"]).astype(float)
+    ratio = ratio[~status.isin(ORCHESTRATOR_STATUSES)].to_numpy()
+    ratio = np.where(np.isfinite(ratio), ratio, np.inf)
+    return {"n_seeds": n, "n_stable": k, "p_stable": k / n if n else math.nan, "p_low": low,
+            "p_high": high, "modal_status": modal_status(status),
+            "median_final_loss_ratio": float(np.median(ratio)) if len(ratio) else math.nan}
+
+
+def is_stable(cell: dict) -> bool:
+    """A (setting, learning rate) is stable when a strict majority of its seeds are."""
+    return cell["n_seeds"] > 0 and 2 * cell["n_stable"] > cell["n_seeds"]
+
+
+def edge(cells: list[dict]) -> dict:
+    """The edge bracket of one setting from its cells sorted by learning rate.
+
+    >>> c = lambda lr, k, s: {"learning_rate": lr, "n_seeds": 3, "n_stable": k, "modal_status": s}
+    >>> edge([c(1e-4, 0, "stalled"), c(1e-3, 3, "stable"), c(1e-2, 2, "stable"), c(0.1, 0, "nan")])
+    {'lr_stable_min': 0.001, 'lr_stable_max': 0.01, 'lr_unstable_min': 0.1, 'edge_status': 'nan'}
+    """
+    stable = [c for c in cells if is_stable(c)]
+    if not stable:
+        counts = pd.Series([c["modal_status"] for c in cells if c["modal_status"]])
+        return {"lr_stable_min": None, "lr_stable_max": None, "lr_unstable_min": None,
+                "edge_status": modal_status(counts)}
+    low = stable[0]["learning_rate"]
+    beyond = next((c for c in cells if c["learning_rate"] > low and c["n_seeds"] > 0 and not is_stable(c)), None)
+    if beyond is None:
+        return {"lr_stable_min": low, "lr_stable_max": stable[-1]["learning_rate"], "lr_unstable_min": None,
+                "edge_status": None}
+    below = [c["learning_rate"] for c in stable if c["learning_rate"] < beyond["learning_rate"]]
+    return {"lr_stable_min": low, "lr_stable_max": below[-1], "lr_unstable_min": beyond["learning_rate"],
+            "edge_status": beyond["modal_status"]}
+
+
+def lr_sensitivity(runs: pd.DataFrame) -> float:
+    """Wortsman et al. (2023): mean over learning rates of min(final loss, l0) minus the best.
+
+    Per learning rate the loss is the mean over seeds of min(final loss, l0), a
+    non-finite final loss counting as l0 (it learned nothing); the best is the
+    lowest of these. 0 means every learning rate reaches the best loss.
+
+    >>> runs = pd.DataFrame({"learning_rate": [0.01, 0.1, 1.0], "status": "stable",
+    ...                      "final_loss": [0.2, 0.3, float("nan")], "initial_loss": 0.7})
+    >>> round(lr_sensitivity(runs), 6)
+    0.2
+    """
+    ok = ~runs["status"].astype(str).isin(ORCHESTRATOR_STATUSES)
+    runs = runs[ok]
+    if runs.empty:
+        return math.nan
+    l0 = runs["initial_loss"].astype(float).to_numpy()
+    final = runs["final_loss"].astype(float).to_numpy()
+    capped = np.where(np.isfinite(final), np.minimum(final, l0), l0)
+    per_lr = pd.Series(capped, index=runs.index).groupby(runs["learning_rate"].to_numpy()).mean()
+    return float(per_lr.mean() - per_lr.min())
+
+
+# The map files' categoricals: the trials' axes with their fixed categories, and the
+# status columns over the verdict's statuses, so that every study and session agrees.
+MAP_CATEGORIES = {**{a: c for a, c in CATEGORIES.items() if a in AXES},
+                  "modal_status": STATUSES, "edge_status": STATUSES}
+
+
+def _typed_map(table: pa.Table) -> pd.DataFrame:
+    df = table.to_pandas()
+    for col, cats in MAP_CATEGORIES.items():
+        if col in df.columns:
+            df[col] = pd.Categorical(df[col], categories=list(cats))
+    df["example"] = df["example"].astype("category")
+    return df
+
+
+def _frame(rows: list[dict], schema: pa.Schema) -> pd.DataFrame:
+    return _typed_map(_table(rows, schema))
+
+
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    clean = [{n: _plain(r.get(n)) for n in schema.names} for r in rows]
+    return pa.Table.from_pylist(clean, schema=schema).replace_schema_metadata({"schema_version": SCHEMA_VERSION})
+
+
+def _plain(v):
+    # pandas NA / NaN in an axis column is an absent value (clipping); floats stay floats.
+    if v is None:
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if v is pd.NA:
+        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def write(study_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rebuild `map.parquet` and `boundary.parquet` from the study's trials; returns both."""
+    out = Path(study_dir)
+    map_df, boundary_df = build(load_trials(out))
+    write_atomic(_table(_rows(map_df), MAP_COLUMNS), out / MAP_FILE)
+    write_atomic(_table(_rows(boundary_df), BOUNDARY_COLUMNS), out / BOUNDARY_FILE)
+    return map_df, boundary_df
+
+
+def _rows(df: pd.DataFrame) -> list[dict]:
+    return df.astype(object).where(df.notna(), None).to_dict("records")
+
+
+def _load(path: Path, schema: pa.Schema) -> pd.DataFrame:
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such file; a finished study writes it (or run `sweep map {path.parent}`)")
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:
+        raise ResultsError(f"{path}: not a readable Parquet file ({exc})") from None
+    version = (pf.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
+    if version != SCHEMA_VERSION:
+        raise ResultsError(f"{path}: schema_version {version}, this sweep reads {SCHEMA_VERSION}")
+    missing = set(schema.names) - set(pf.schema_arrow.names)
+    if missing:
+        raise ResultsError(f"{path}: missing columns {sorted(missing)}")
+    return _typed_map(pf.read(columns=schema.names).cast(schema))
+
+
+def load_map(path: str | os.PathLike) -> pd.DataFrame:
+    """`map.parquet` of a study directory, typed like `load_trials` (categorical axes and status)."""
+    return _load(Path(path) / MAP_FILE, MAP_COLUMNS)
+
+
+def load_boundary(path: str | os.PathLike) -> pd.DataFrame:
+    """`boundary.parquet` of a study directory, typed like `load_trials`."""
+    return _load(Path(path) / BOUNDARY_FILE, BOUNDARY_COLUMNS)
