@@ -84,8 +84,8 @@ CURVE_COLUMNS = pa.schema([
     ("learning_rate", pa.float64()),
 ])
 
-# Columns that load as pandas categoricals, with their categories fixed so that
-# every part file, study and session agrees.
+# Trials columns that load as pandas categoricals, with their categories fixed so
+# that every part file, study and session agrees. (In curves, `loss` is a number.)
 CATEGORIES = {**CATEGORICAL_AXES, "status": STATUSES}
 NULLABLE_INTS = ("first_nonfinite_step",)
 
@@ -231,7 +231,9 @@ def _read(directory: Path, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def _typed(table: pa.Table) -> pd.DataFrame:
+def typed(table: pa.Table) -> pd.DataFrame:
+    """A trials-like table (trials, map, boundary) as pandas: axis and status columns become
+    categoricals with fixed categories, nullable integer columns Int64. Not for curves."""
     df = table.to_pandas()
     for col, cats in CATEGORIES.items():
         if col in df.columns:
@@ -245,6 +247,9 @@ def _typed(table: pa.Table) -> pd.DataFrame:
     return df
 
 
+_typed = typed  # the name sweep.maps first imported
+
+
 def study_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not (p / "trials").is_dir():
@@ -254,7 +259,7 @@ def study_path(path: str | os.PathLike) -> Path:
 
 def load_trials(path: str | os.PathLike) -> pd.DataFrame:
     """One row per (configuration, seed), typed: categoricals, nullable clipping and steps."""
-    return _typed(_read(study_path(path) / "trials", TRIAL_COLUMNS)).sort_values("trial", ignore_index=True)
+    return typed(_read(study_path(path) / "trials", TRIAL_COLUMNS)).sort_values("trial", ignore_index=True)
 
 
 def load_curves(path: str | os.PathLike) -> pd.DataFrame:
@@ -265,7 +270,7 @@ def load_curves(path: str | os.PathLike) -> pd.DataFrame:
     stray = [x.name for x in _parts(p / "curves") if x.name not in recorded]
     if stray:
         raise ResultsError(f"{p / 'curves'}: parts without a trials record {stray}; `sweep run` tidies them")
-    return _typed(_read(p / "curves", CURVE_COLUMNS)).sort_values(["trial", "epoch"], ignore_index=True)
+    return _read(p / "curves", CURVE_COLUMNS).to_pandas().sort_values(["trial", "epoch"], ignore_index=True)
 
 
 def done_rows(study_dir: Path) -> dict[tuple[str, int], dict]:
