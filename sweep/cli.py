@@ -179,5 +179,88 @@ def repro(study_dir: str, trial: int) -> None:
         raise BadInput(str(exc)) from None
 
 
+# One character per learning rate in `sweep map`'s strip, so a setting's whole row reads at a glance.
+STRIP = {"stable": "+", "unstable": "~", "stalled": "-", "diverged": "^", "nan": "N", "error": "!", "timeout": "!"}
+
+
+@main.command("map")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--png", is_flag=True, help="Also write the plots under STUDY_DIR/plots/.")
+def map_(study_dir: str, png: bool) -> None:
+    """Print the stability map: per setting, the edge learning rate and what lies beyond it."""
+    from . import maps
+
+    try:
+        trials = reports.load_trials(study_dir)
+    except reports.ResultsError as exc:
+        raise BadInput(str(exc)) from None
+    if trials.empty:
+        raise BadInput(f"{study_dir}: no runs recorded yet")
+    map_df, boundary = maps.build(trials)
+    lrs = _grid_learning_rates(study_dir) or sorted(map_df["learning_rate"].unique())
+    console.print(map_table(map_df, boundary, lrs, title=f"{study_dir}: {trials['example'].iloc[0]}, "
+                            f"{len(boundary)} settings, {len(trials)} runs"))
+    if png:
+        from .plots import write_plots
+
+        for path in write_plots(study_dir):
+            click.echo(f"wrote {path}")
+
+
+def _grid_learning_rates(study_dir: str) -> list[float] | None:
+    """The study file's learning-rate grid (a boundary study runs only some of it), if stored."""
+    import json
+
+    from .spec import parse
+
+    try:
+        meta = json.loads((Path(study_dir) / "study.json").read_text())
+        return sorted(parse(meta["study_toml"]).grid["learning_rate"])
+    except Exception:  # an older or hand-made directory: the map's own learning rates serve
+        return None
+
+
+def map_table(map_df, boundary, lrs: list[float], title: str) -> Table:
+    """One row per setting: the varying axes, the status strip over the learning-rate grid,
+    where learning starts, the edge bracket, what lies beyond it, and the LR sensitivity."""
+    from . import maps
+    from .spec import SETTING_AXES
+
+    varying = [a for a in SETTING_AXES if boundary[a].astype(object).nunique(dropna=False) > 1]
+    table = Table(title=title, caption="strip, one mark per learning rate from "
+                  f"{_fmt(lrs[0])} to {_fmt(lrs[-1])}: + stable  ~ unstable  - stalled  ^ diverged  "
+                  "N nan  ! error/timeout  ? mixed  . not run (stable: a majority of seeds)")
+    for a in varying:
+        table.add_column(a, justify="right")
+    for c in ("strip", "learns from", "edge [stable, first non-stable]", "beyond the edge", "LR sens.", "runs"):
+        table.add_column(c, justify="left" if c in ("strip", "beyond the edge") else "right")
+    cells = {}
+    for _, r in map_df.iterrows():
+        key = tuple(_fmt(r[a]) for a in SETTING_AXES)
+        modal = str(r["modal_status"])
+        # Stable by majority of seeds shows +; otherwise the modal status (a stable mode
+        # without a majority, e.g. 1 stable, 1 nan, 1 diverged, shows ?).
+        cells.setdefault(key, {})[r["learning_rate"]] = (
+            "+" if maps.is_stable(r) else STRIP.get(modal, "?") if modal != "stable" else "?")
+    for _, b in boundary.iterrows():
+        key = tuple(_fmt(b[a]) for a in SETTING_AXES)
+        strip = "".join(cells.get(key, {}).get(lr, ".") for lr in lrs)
+        at = map_df
+        for a in SETTING_AXES:
+            at = at[at[a].isna()] if _fmt(b[a]) == "-" else at[at[a] == b[a]]
+        if _fmt(b["lr_stable_min"]) == "-":
+            edge, beyond = "nothing stable", f"{b['edge_status']} (most runs)"
+        elif _fmt(b["lr_unstable_min"]) == "-":
+            edge, beyond = f"[{_fmt(b['lr_stable_max'])}, -]", "stable to the grid's end"
+        else:
+            edge = f"[{_fmt(b['lr_stable_max'])}, {_fmt(b['lr_unstable_min'])}]"
+            cell = at[at["learning_rate"] == b["lr_unstable_min"]].iloc[0]
+            beyond = (f"{b['edge_status']}: P(stable) {int(cell['n_stable'])}/{int(cell['n_seeds'])} "
+                      f"[{cell['p_low']:.2f}, {cell['p_high']:.2f}]")
+        table.add_row(*[_fmt(b[a]) for a in varying], strip, _fmt(b["lr_stable_min"]), edge, beyond,
+                      _fmt(b["lr_sensitivity"]), str(int(b["n_runs"])))
+    return table
+
+
 if __name__ == "__main__":
     sys.exit(main())
