@@ -101,7 +101,12 @@ def problem(study: "Study", config: "Config", seed: int) -> Problem:
     x = scale(np.asarray(x, dtype="float32"), config.scaler)
     y = np.asarray(y, dtype="float32")
     accuracy = "binary" if model.outputs[0].shape[-1] == 1 else "categorical"
-    return Problem(model, x, y, keras.losses.get(model.loss), accuracy)
+    # Resolve the compiled loss exactly as Keras's compile() does (names, "crossentropy"
+    # shortcuts, functions wrapped to a batch mean); Keras exports no public equivalent.
+    from keras.src.trainers.compile_utils import get_loss
+
+    loss_fn = get_loss(model.loss, y[:1], model(x[:1]))
+    return Problem(model, x, y, loss_fn, accuracy)
 
 
 def make_optimizer(config: "Config"):

@@ -1,0 +1,36 @@
+"""A user model builder for the tests: what `example = "builders:tiny_model"` names."""
+
+import numpy as np
+
+
+def tiny_model(activation: str, seed: int):
+    import keras
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((200, 4)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation=activation),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(loss="binary_crossentropy")
+    return model, x, y
+
+
+def not_a_model(activation: str, seed: int):
+    return "a string"
+
+
+def dead_model(activation: str, seed: int):
+    """Hidden units that never fire: only the output bias learns, so the loss soon stops
+    improving and ReduceLROnPlateau must act."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((256, 4)).astype("float32")
+    y = (rng.random((256, 1)) < 0.3).astype("float32")
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(8, activation="relu", bias_initializer=keras.initializers.Constant(-100.0)),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ])
+    model.compile(loss="binary_crossentropy")
+    return model, x, y
