@@ -6,14 +6,16 @@ what is allowed; nothing is written), 1 anything else.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
-# TensorFlow's C++ start-up chatter is not a warning the user can act on; real
-# Python warnings still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow's and Ray's start-up chatter is not a warning the user can act on; real
+# Python warnings still show. Set before anything imports them.
+from .cluster import quiet_environment  # noqa: E402
+
+quiet_environment()
 
 import click
 from rich.console import Console
@@ -61,58 +63,91 @@ def validate(study_file: str) -> None:
     console.print(f"{n_configs} configurations x {len(study.seeds)} seeds = {len(plan)} runs")
 
 
-def _progress_printer(total: int, already: int):
-    """A callback that shows progress: a live bar on a terminal, plain lines otherwise."""
+def _eta(summary, remaining: int) -> str:
+    if not summary.ran or not summary.seconds:
+        return "?"
+    seconds = remaining * summary.seconds / summary.ran
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} d"
+
+
+def _progress_printer(total: int, before: Counter):
+    """A callback that shows progress (runs done/total, counts per status, runs/s, ETA): a
+    live bar on a terminal, a plain line every 5 s otherwise (logs, CI, `ray job submit`)."""
+    already = sum(before.values())
     state = {"last": 0.0}
+
+    def numbers(summary, sep: str) -> tuple[int, str, float]:
+        counts = before + summary.counts
+        text = " ".join(f"{s}{sep}{counts[s]}" for s in STATUSES if counts[s])
+        rate = summary.ran / summary.seconds if summary.seconds else 0.0
+        return already + summary.ran, text, rate
+
     if console.is_terminal:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[rate]} ETA {task.fields[eta]}"),
                             TextColumn("{task.fields[counts]}"), console=console)
-        task = progress.add_task("runs", total=total, completed=already, rate="", counts="")
+        task = progress.add_task("runs", total=total, completed=already, rate="", eta="?",
+                                 counts=numbers(_Empty, ":")[1])
         progress.start()
 
         def update(summary, rows):
-            rate = summary.ran / summary.seconds if summary.seconds else 0.0
-            counts = " ".join(f"{s}:{summary.counts[s]}" for s in STATUSES if summary.counts[s])
-            progress.update(task, completed=already + summary.ran, rate=f"{rate:.2f} runs/s", counts=counts)
+            done, counts, rate = numbers(summary, ":")
+            progress.update(task, completed=done, rate=f"{rate:.2f} runs/s", counts=counts,
+                            eta=_eta(summary, total - done))
 
         return update, progress.stop
 
     def line(summary, rows):
         now = time.monotonic()
-        done = already + summary.ran
+        done, counts, rate = numbers(summary, "=")
         if now - state["last"] < 5 and done < total:
             return
         state["last"] = now
-        rate = summary.ran / summary.seconds if summary.seconds else 0.0
-        counts = " ".join(f"{s}={summary.counts[s]}" for s in STATUSES if summary.counts[s])
-        click.echo(f"runs {done}/{total}  {rate:.2f} runs/s  {counts}", err=False)
+        click.echo(f"runs {done}/{total}  {rate:.2f} runs/s  ETA {_eta(summary, total - done)}  {counts}")
 
     return line, lambda: None
+
+
+class _Empty:
+    ran, seconds, counts = 0, 0.0, Counter()
 
 
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @click.option("--results", "results_dir", default="results", show_default=True, help="Where DIR/<study name>/ goes.")
+@click.option("--address", default=None, envvar="RAY_ADDRESS", show_envvar=True,
+              help="Ray cluster to attach to (e.g. 10.0.0.1:6379); without it a private local Ray is started.")
 @click.option("--engine", type=click.Choice(["keras", "population"]), default=None, help="Override the study's engine.")
 @click.option("--max-trials", type=click.IntRange(min=1), default=None, help="Stop after this many runs (resume later).")
-def run(study_file: str, results_dir: str, engine: str | None, max_trials: int | None) -> None:
+@click.option("--storage", default=None, metavar="URL",
+              help="Optuna storage (postgresql://..., mysql://..., sqlite:///..., redis://...); "
+                   "default: the journal file DIR/<study>/study.journal.")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="CPUs per worker (and TensorFlow threads) when the cluster has no GPU; with GPUs: one worker per GPU.")
+def run(study_file: str, results_dir: str, address: str | None, engine: str | None, max_trials: int | None,
+        storage: str | None, cpus_per_worker: float) -> None:
     """Run or resume STUDY_FILE; results go to RESULTS/<study name>/."""
     from . import study as driver
+    from .optuna_study import StorageConflict
 
     s = _load_study(study_file)
     try:
         out = driver.prepare_dir(s, results_dir)
     except (PermissionError, driver.StudyConflict) as exc:
         raise BadInput(str(exc)) from None
-    plan_size = len(s.plan())
-    already = len(reports.done_rows(out))
-    click.echo(f"{s.name}: {plan_size} runs planned, {already} already recorded in {out}")
-    update, stop = _progress_printer(plan_size, already)
+    total = driver.planned_runs(s)
+    before = Counter(r["status"] for r in reports.done_rows(out).values())
+    where = f"Ray at {address}" if address else "a private local Ray"
+    click.echo(f"{s.name}: {total} runs planned, {sum(before.values())} already recorded in {out}; "
+               f"training on {where}")
+    update, stop = _progress_printer(total, before)
     try:
-        summary = driver.run(s, results_dir, engine=engine, max_trials=max_trials, on_batch=update)
+        summary = driver.run(s, results_dir, engine=engine, max_trials=max_trials, address=address,
+                             storage=storage, cpus_per_worker=cpus_per_worker, on_batch=update)
+    except (driver.StudyBusy, StorageConflict) as exc:
+        raise BadInput(str(exc)) from None
     finally:
         stop()
     _print_summary(summary)
@@ -124,12 +159,19 @@ def _print_summary(summary) -> None:
     table = Table(title=f"{summary.study_dir}: {len(trials)} of {summary.planned} runs recorded")
     table.add_column("status")
     table.add_column("runs", justify="right")
+    table.add_column("this session", justify="right")
     for s in STATUSES:
         if counts.get(s, 0):
-            table.add_row(s, str(int(counts[s])))
+            table.add_row(s, str(int(counts[s])), str(summary.counts.get(s, 0)))
     console.print(table)
+    if any(summary.reconciled.values()):
+        console.print("Optuna copy brought level with trials/: " +
+                      ", ".join(f"{k} {v}" for k, v in summary.reconciled.items() if v))
     if summary.ran:
-        console.print(f"this session: {summary.ran} runs in {summary.seconds:.1f} s ({summary.ran / summary.seconds:.2f} runs/s)")
+        overhead = sum(v for k, v in summary.phases.items() if k != "start") / summary.ran
+        console.print(f"this session: {summary.ran} runs in {summary.seconds:.1f} s "
+                      f"({summary.ran / summary.seconds:.2f} runs/s) on {summary.workers} workers; "
+                      f"driver {overhead * 1000:.2f} ms per run")
 
 
 @main.command()

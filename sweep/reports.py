@@ -106,10 +106,13 @@ def _ratio(a: float, b: float) -> float:
 
 
 def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker: str = "",
-             started_at: datetime | None = None, status: str | None = None) -> tuple[dict, list[dict]]:
-    """The trials row and curve rows of one run: the verdict is taken here, from the outcome."""
+             started_at: datetime | None = None, status: str | None = None,
+             versions: tuple[str, str] | None = None) -> tuple[dict, list[dict]]:
+    """The trials row and curve rows of one run: the verdict is taken here, from the outcome.
+
+    `versions` (TensorFlow, Keras) are the worker's; given, this process need not import them."""
     c = run.config
-    tf_version, keras_version = _versions()
+    tf_version, keras_version = versions or _versions()
     row = {
         "study": study.name, "trial": run.trial, "config_id": c.config_id, "seed": run.seed,
         "example": study.example, "learning_rate": c.learning_rate, "clipnorm": c.clipnorm,

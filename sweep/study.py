@@ -2,37 +2,64 @@
 
 The plan (which (configuration, seed) runs exist) comes from the study file;
 what is done is what `trials/` records. So resuming is running again: runs
-already recorded are skipped, the rest are trained. Optuna holds a copy of
-every finished run (params, value, verdict and telemetry as attributes) for
-its dashboard and samplers; Parquet is the record.
+already recorded are skipped, the rest are trained. The loop:
+
+    sampler.propose(study, done)  ->  pool.submit(batch) per idle worker
+    pool.wait()                   ->  rows, buffered
+    every COMMIT_ROWS rows or COMMIT_SECONDS: reports.write_batch, then the Optuna copy
+
+A run is proposed again only when it is neither done nor in flight, so every
+planned run is trained once however many workers there are. Rows that were
+trained but not yet committed when the driver dies are trained again on
+resume; a committed row is never trained again. Optuna's copy is brought
+level with the Parquet record when a session starts (`OptunaRecord.reconcile`).
+One driver at a time per study directory (a lock the kernel drops if the
+driver dies).
 
     >>> from sweep import spec, study
-    >>> s = spec.load("studies/quickstart.toml")                  # doctest: +SKIP
-    >>> summary = study.run(s, "results", engine="keras")       # doctest: +SKIP
+    >>> from sweep.pool import LocalPool
+    >>> s = spec.parse('[study]\\nname="d"\\nexample="exploding_gradients"\\nepochs=1\\nseeds=[0]', "d.toml")
+    >>> import tempfile; results = tempfile.mkdtemp()
+    >>> summary = study.run(s, results, pool=LocalPool(s, "keras"))
+    >>> summary.ran, study.run(s, results, pool=LocalPool(s, "keras")).ran
+    (1, 0)
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
 import math
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator
 
 from . import maps, reports
-from .pool import LocalPool
-from .samplers import get_sampler
-from .spec import AXES, Run, Study
+from .engines import Engine
+from .optuna_study import OptunaRecord
+from .pool import DEFAULT_BATCH_RUNS, LocalPool, engine_name
+from .samplers import DEFAULT_TPE_TRIALS, get_sampler
+from .spec import Run, Study
 
 STUDY_META = "study.json"
-OPTUNA_FILE = "study.journal"
+LOCK_FILE = ".driver.lock"
+# Rows wait in memory until this many or this old, then one part file: fewer, larger
+# files for readers, and what a killed driver can lose is bounded (it is trained again).
+COMMIT_ROWS = 256
+COMMIT_SECONDS = 5.0
 
 
 class StudyConflict(Exception):
     """The results directory holds a different plan under the same study name."""
+
+
+class StudyBusy(Exception):
+    """Another driver is running this study."""
 
 
 @dataclass
@@ -43,14 +70,44 @@ class Summary:
     ran: int = 0
     counts: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    workers: int = 0
+    in_flight: int = 0
+    # Seconds the driver spent per phase: propose, write (Parquet), record (Optuna), start.
+    phases: Counter = field(default_factory=Counter)
+    reconciled: dict = field(default_factory=dict)
 
 
-def engine_for(study: Study, requested: str | None) -> str:
+def engine_for(study: Study, requested: "str | Engine | None") -> "str | Engine":
     """The engine that trains this study: a user builder always runs on keras."""
+    if requested is not None and not isinstance(requested, str):
+        return requested
     name = requested or study.engine
     if ":" in study.example:
         return "keras"
     return name
+
+
+def planned_runs(study: Study) -> int:
+    """How many runs the study will have when finished (boundary: at most this many)."""
+    if study.sampler == "tpe":
+        return min(study.n_trials or DEFAULT_TPE_TRIALS, len(study.configs())) * len(study.seeds)
+    return len(study.plan())
+
+
+@contextlib.contextmanager
+def driver_lock(out: Path) -> Iterator[None]:
+    """Hold the study directory for this driver; the kernel releases it if the driver dies."""
+    fh = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise StudyBusy(f"{out}: another `sweep run` is running this study; wait for it or stop it") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 def prepare_dir(study: Study, results: str | os.PathLike) -> Path:
@@ -86,74 +143,116 @@ def _source_text(study: Study) -> str:
         return ""
 
 
-def record_in_optuna(out: Path, study: Study, rows: Sequence[dict]) -> None:
-    """Add finished runs to the study's Optuna record (journal file: fast appends)."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-    from optuna.trial import TrialState, create_trial
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(out / OPTUNA_FILE)))
-    ostudy = optuna.create_study(study_name=study.name, storage=storage, load_if_exists=True,
-                                 direction="minimize")
-    dists = {a: CategoricalDistribution([_param(v) for v in study.grid[a]]) for a in AXES}
-    dists["seed"] = CategoricalDistribution(list(study.seeds))
-    trials = []
-    for r in rows:
-        params = {a: _param(r[a]) for a in AXES} | {"seed": r["seed"]}
-        value = r.get("final_loss")
-        ok = r["status"] not in ("error", "timeout") and value is not None and math.isfinite(value)
-        attrs = {k: v for k, v in r.items() if k not in AXES and _plain(v)}
-        trials.append(create_trial(params=params, distributions=dists,
-                                   value=value if ok else None,
-                                   state=TrialState.COMPLETE if ok else TrialState.FAIL,
-                                   user_attrs=attrs))
-    ostudy.add_trials(trials)
-
-
-def _param(v):
-    return "none" if v is None else v
-
-
-def _plain(v) -> bool:
-    return v is None or isinstance(v, (str, int, bool)) or (isinstance(v, float) and math.isfinite(v))
-
-
-def chunks(runs: Sequence[Run], size: int) -> list[Sequence[Run]]:
-    return [runs[i:i + size] for i in range(0, len(runs), size)]
-
-
-def run(study: Study, results: str | os.PathLike = "results", *, engine: str | None = None,
-        max_trials: int | None = None, batch_size: int = 8,
+def run(study: Study, results: str | os.PathLike = "results", *, engine: "str | Engine | None" = None,
+        max_trials: int | None = None, address: str | None = None, storage: str | None = None,
+        cpus_per_worker: float = 1, batch_runs: int | None = None,
         on_batch: Callable[[Summary, list[dict]], None] | None = None, pool=None) -> Summary:
-    """Run (or resume) a study; returns what was done. `on_batch` sees each committed batch."""
+    """Run (or resume) a study; returns what this session did.
+
+    Without `pool`, trains on Ray: the cluster at `address` (or $RAY_ADDRESS), else a
+    private local one (`cluster.ray_cluster`). `on_batch` sees the rows of every
+    `pool.wait()`, committed or not yet."""
     out = prepare_dir(study, results)
-    reports.tidy(out)
-    done = reports.done_rows(out)
-    sampler = get_sampler(study.sampler)
-    summary = Summary(out, planned=len(study.plan()), already_done=len(done))
-    started = time.perf_counter()
-    pool = pool or LocalPool(study, engine_for(study, engine))
-    with pool:
-        while max_trials is None or summary.ran < max_trials:
-            todo = sampler.propose(study, done)
-            if max_trials is not None:
-                todo = todo[:max_trials - summary.ran]
-            if not todo:
-                break
-            for _batch, results_ in pool.imap(chunks(todo, batch_size)):
-                rows = [r for r, _ in results_]
-                curves = [c for _, cs in results_ for c in cs]
-                reports.write_batch(out, rows, curves)
-                record_in_optuna(out, study, rows)
-                done.update(((r["config_id"], r["seed"]), r) for r in rows)
-                summary.ran += len(rows)
-                summary.counts.update(r["status"] for r in rows)
-                summary.seconds = time.perf_counter() - started
-                if on_batch:
-                    on_batch(summary, rows)
+    with driver_lock(out), contextlib.ExitStack() as stack:
+        started = time.perf_counter()
+        reports.tidy(out)
+        done = reports.done_rows(out)
+        record = OptunaRecord(out, study, storage)
+        summary = Summary(out, planned=planned_runs(study), already_done=len(done))
+        summary.reconciled = record.reconcile(done)
+        sampler = get_sampler(study.sampler, record.ostudy)
+        eng = engine_for(study, engine)
+        if pool is None:
+            from .cluster import ray_cluster
+            from .pool import RayPool
+
+            stack.enter_context(ray_cluster(address))
+            pool = RayPool(study, eng, cpus_per_worker=cpus_per_worker)
+        stack.enter_context(pool)
+        summary.workers = pool.slots
+        summary.phases["start"] = time.perf_counter() - started
+        _loop(study, out, done, sampler, pool, record, summary, max_trials,
+              batch_runs or DEFAULT_BATCH_RUNS.get(engine_name(eng), 8), on_batch, started)
     # The maps are a view of trials/: rebuilt whole at the end of every session, resumed or not.
     maps.write(out)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _loop(study, out, done, sampler, pool, record, summary, max_trials, batch_runs, on_batch, started) -> None:
+    pending: deque[Run] = deque()
+    scheduled: set[tuple[str, int]] = set()         # proposed and not yet returned
+    taken = {int(r["trial"]) for r in done.values()}
+    rows_buf: list[dict] = []
+    curves_buf: list[dict] = []
+    oldest = 0.0
+    sampler_waits = False                            # nothing new until a result arrives
+    phases = summary.phases
+
+    def commit() -> None:
+        t0 = time.perf_counter()
+        reports.write_batch(out, rows_buf, curves_buf)
+        t1 = time.perf_counter()
+        record.record(rows_buf, done)
+        phases["write"] += t1 - t0
+        phases["record"] += time.perf_counter() - t1
+        rows_buf.clear()
+        curves_buf.clear()
+
+    stuck = False
+    while True:
+        budget = None if max_trials is None else max_trials - summary.ran - len(scheduled)
+        if not pending and not sampler_waits and pool.idle() and (budget is None or budget > 0):
+            t0 = time.perf_counter()
+            new = []
+            for r in sampler.propose(study, done):
+                if r.key in done or r.key in scheduled:
+                    continue
+                if r.trial in taken:  # a sampler numbering from `done` alone while runs are in flight
+                    r = dataclasses.replace(r, trial=max(taken) + 1)
+                taken.add(r.trial)
+                scheduled.add(r.key)
+                new.append(r)
+                if budget is not None and len(new) >= budget:
+                    break
+            phases["propose"] += time.perf_counter() - t0
+            pending.extend(new)
+            sampler_waits = not new
+        submitted = False
+        while pending and pool.idle():
+            n = min(batch_runs, max(1, math.ceil(len(pending) / pool.idle())))
+            pool.submit([pending.popleft() for _ in range(min(n, len(pending)))])
+            submitted = True
+        summary.in_flight = len(scheduled)
+        if not scheduled:
+            break
+        finished = pool.wait()  # rows, or [] when a worker became free
+        if not finished:
+            if stuck and not submitted:
+                raise RuntimeError(f"the worker pool holds none of the {len(scheduled)} runs in flight")
+            stuck = True
+            continue
+        stuck = False
+        t0 = time.perf_counter()
+        rows = []
+        for row, curves in finished:
+            key = (row["config_id"], int(row["seed"]))
+            scheduled.discard(key)
+            done[key] = row
+            rows.append(row)
+            if not rows_buf:
+                oldest = time.monotonic()
+            rows_buf.append(row)
+            curves_buf.extend(curves)
+        sampler_waits = False
+        summary.ran += len(rows)
+        summary.counts.update(r["status"] for r in rows)
+        summary.in_flight = len(scheduled)
+        phases["collect"] += time.perf_counter() - t0
+        if len(rows_buf) >= COMMIT_ROWS or time.monotonic() - oldest >= COMMIT_SECONDS or not scheduled:
+            commit()
+        summary.seconds = time.perf_counter() - started
+        if on_batch:
+            on_batch(summary, rows)
+    if rows_buf:
+        commit()

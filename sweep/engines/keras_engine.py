@@ -120,6 +120,9 @@ def train_one(study: Study, config: Config, seed: int) -> Outcome:
 
 class KerasEngine:
     name = "keras"
+    # One run at a time: the worker pool streams each run's row as it finishes, and a
+    # per-run timeout stops just that run.
+    batched = False
 
     def train(self, study: Study, runs: Sequence[Run]) -> list[Outcome | BaseException]:
         results: list[Outcome | BaseException] = []

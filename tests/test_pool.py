@@ -1,0 +1,138 @@
+"""The Ray worker pool: one actor per GPU, faults end as rows, a killed actor loses nothing."""
+
+import os
+import secrets
+import signal
+
+import pytest
+
+import sweep
+from sweep import study as driver
+from sweep.pool import LocalPool, RayPool, execute
+from sweep.spec import parse
+
+from scripted_engine import ScriptedEngine, ship_to_workers
+
+
+def make_study(name, lrs=(0.001, 0.01, 0.1, 1.0), seeds=(0, 1), clip=("none", 1.0), timeout=None):
+    lines = [f'[study]\nname = "{name}"\nexample = "exploding_gradients"\nepochs = 2\nseeds = {list(seeds)}',
+             f"timeout = {timeout}" if timeout else "",
+             f"[grid]\nlearning_rate = {list(lrs)}\nclipnorm = {list(clip)}".replace("'", '"')]
+    return parse("\n".join(lines), f"{name}.toml")
+
+
+def keys(trials):
+    return sorted(zip(trials.config_id, trials.seed))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A private local Ray with three CPU slots (the scripted engine mostly sleeps)."""
+    import ray
+
+    from sweep.cluster import ray_cluster
+
+    ship_to_workers()
+    with ray_cluster(None, num_cpus=3):
+        yield ray
+    assert not ray.is_initialized()
+
+
+def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypatch):
+    """Two nodes with two logical GPUs each: four actors, each node's two see devices 0 and 1."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")   # Ray would otherwise write ~/.ray/auth_token
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from sweep.cluster import _reread_ray_settings
+
+    _reread_ray_settings()
+    ship_to_workers()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2,
+                                                            "node_ip_address": "127.0.0.1",
+                                                            "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=2, num_gpus=2, node_ip_address="127.0.0.1")
+        ray.init(address=cluster.address)
+        s = make_study("gpus", lrs=(0.001, 0.01), clip=("none",))
+        pool = RayPool(s, ScriptedEngine(seconds=0.05))
+        summary = driver.run(s, tmp_path, pool=pool)
+        infos = [ray.get(slot.actor.describe.remote()) for slot in pool.slots_] if pool.slots_ else []
+        assert summary.workers == 4
+        # The pool closed its actors; the rows say who trained what.
+        t = sweep.load_trials(tmp_path / "gpus")
+        assert keys(t) == sorted(r.key for r in s.plan())
+        assert all(":gpu" in w for w in t.worker)
+        assert infos == []
+        # Fresh actors, to look at what each one was given.
+        with RayPool(s, ScriptedEngine()) as pool:
+            infos = [ray.get(slot.starting) for slot in pool.slots_]
+        by_node = {}
+        for info in infos:
+            by_node.setdefault(info["node_id"], []).append(info["cuda_visible_devices"])
+            assert info["cuda_visible_devices"] == ",".join(info["gpu_ids"])
+        assert len(infos) == 4
+        assert sorted(sorted(v) for v in by_node.values()) == [["0", "1"], ["0", "1"]]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        monkeypatch.undo()
+        _reread_ray_settings()
+
+
+def test_an_actor_killed_mid_batch_loses_no_run(local_ray, tmp_path):
+    s = make_study("killed", lrs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3))
+    pool = RayPool(s, ScriptedEngine(seconds=0.3))
+    killed = []
+
+    def kill_a_busy_actor(summary, rows):
+        if killed:
+            return
+        busy = [slot for slot in pool.slots_ if slot.gen is not None and slot.info]
+        if busy:
+            os.kill(busy[0].info["pid"], signal.SIGKILL)
+            killed.extend(slot.info.get("name") for slot in pool.slots_)
+
+    summary = driver.run(s, tmp_path, pool=pool, on_batch=kill_a_busy_actor)
+    t = sweep.load_trials(tmp_path / "killed")
+    assert killed
+    assert keys(t) == sorted(r.key for r in s.plan())          # every run once: none lost, none twice
+    assert set(t.status) == {"stable"}                          # re-run, not recorded as failures
+    assert set(t.worker) - set(killed)                          # a replacement actor did some of them
+
+
+def test_error_and_timeout_are_rows_and_the_sweep_goes_on(local_ray, tmp_path):
+    s = make_study("faults", lrs=(0.001, 0.01, 0.1), seeds=(0,), clip=("none",), timeout=3)
+    engine = ScriptedEngine(seconds=0.1, raise_at={0.01}, hang_at={0.1})
+    summary = driver.run(s, tmp_path, pool=RayPool(s, engine), batch_runs=3)
+    t = sweep.load_trials(tmp_path / "faults").set_index("learning_rate")
+    assert keys(t) == sorted(r.key for r in s.plan())
+    assert t.loc[0.001, "status"] == "stable"
+    assert t.loc[0.01, "status"] == "error"
+    assert "scripted failure at learning rate 0.01" in t.loc[0.01, "message"]
+    assert t.loc[0.1, "status"] == "timeout"
+    assert "timeout of 3 s" in t.loc[0.1, "message"]
+    assert summary.counts == {"stable": 1, "error": 1, "timeout": 1}
+
+
+class FailingEngine:
+    name = "failing"
+
+    def train(self, study, runs):
+        raise MemoryError("the whole batch failed")
+
+
+def test_a_batch_that_raises_becomes_error_rows():
+    s = make_study("batch", lrs=(0.001, 0.01), seeds=(0,), clip=("none",))
+    rows = list(execute(s, s.plan(), FailingEngine(), versions=("tf", "keras")))
+    assert [r["status"] for r, _ in rows] == ["error", "error"]
+    assert all(r["message"] == "MemoryError: the whole batch failed" for r, _ in rows)
+
+
+def test_local_pool_trains_in_process(tmp_path):
+    s = make_study("local", lrs=(0.01, 1.0), seeds=(0,), clip=("none",))
+    summary = driver.run(s, tmp_path, pool=LocalPool(s, ScriptedEngine()))
+    assert summary.counts == {"stable": 1, "nan": 1}
