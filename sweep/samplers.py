@@ -91,7 +91,8 @@ class TPESampler:
         # Configurations asked but not finished (this session's or a killed driver's).
         todo = [r for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("config_id") in by_id
                 for r in by_id[t.user_attrs["config_id"]] if r.key not in done]
-        asked = sum(1 for t in trials if t.state != TrialState.FAIL or "config_id" in t.user_attrs)
+        # n_trials counts configurations: a re-suggested one (told from its rows) is not another.
+        asked = len({t.user_attrs["config_id"] for t in trials if "config_id" in t.user_attrs})
         if todo or asked >= min(study.n_trials or DEFAULT_TPE_TRIALS, len(index)):
             return todo
         dists = distributions(study, with_seed=False)

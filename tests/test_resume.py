@@ -1,0 +1,125 @@
+"""Resume: a driver killed with SIGKILL, run again with the same command, gives one row per
+planned run; Optuna's copy is brought level with the Parquet record."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import sweep
+from sweep import study as driver
+from sweep.optuna_study import JOURNAL, OptunaRecord
+from sweep.pool import LocalPool
+from sweep.spec import load, parse
+
+from scripted_engine import ScriptedEngine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STUDY = '''[study]
+name = "resume"
+example = "exploding_gradients"
+epochs = 1
+seeds = {seeds}
+engine = "keras"
+[grid]
+learning_rate = [0.001, 0.01, 0.1, 1.0]
+clipnorm = ["none", 1.0]
+'''
+
+
+def sweep_run(study_file, results, **popen):
+    return subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", str(study_file), "--results", str(results)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def ray_processes_of(pid: int) -> list[int]:
+    """Processes of the private Ray the driver `pid` started (its temp dir is in their command lines)."""
+    mark = f"sweep-ray-{pid}-".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if mark in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.slow
+def test_driver_killed_midway_resumes_with_exactly_one_row_per_run(tmp_path, request):
+    seeds = [0, 1] if request.config.getoption("--quick") else [0, 1, 2]
+    study_file = tmp_path / "resume.toml"
+    study_file.write_text(STUDY.format(seeds=seeds))
+    plan = load(study_file).plan()
+    results = tmp_path / "results"
+    trials_dir = results / "resume" / "trials"
+
+    proc = sweep_run(study_file, results, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not list(trials_dir.glob("part-*.parquet")):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no rows committed in 10 minutes"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        recorded = len(sweep.load_trials(results / "resume"))
+        assert 0 < recorded < len(plan), "the kill did not land midway"
+        # The private Ray goes with its driver.
+        deadline = time.monotonic() + 60
+        while ray_processes_of(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = ray_processes_of(proc.pid)
+        assert not left, f"Ray processes left behind by the killed driver: {left}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in ray_processes_of(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+
+    again = sweep_run(study_file, results)
+    out, _ = again.communicate(timeout=900)
+    assert again.returncode == 0, out
+    assert f"{recorded} already recorded" in out
+    t = sweep.load_trials(results / "resume")
+    assert sorted(zip(t.config_id, t.seed)) == sorted(r.key for r in plan)    # none lost, none twice
+    assert sorted(t.trial) == list(range(len(plan)))
+    ostudy = OptunaRecord(results / "resume", load(study_file)).ostudy
+    assert sorted(tr.user_attrs["trial"] for tr in ostudy.get_trials()) == list(range(len(plan)))
+
+
+def test_optuna_copy_is_reconciled_with_parquet(tmp_path):
+    """Rows the journal lost (a torn last append) are added back; a stale RUNNING trial is failed."""
+    s = parse(STUDY.format(seeds=[0, 1]).replace('engine = "keras"', ""), "r.toml")
+    driver.run(s, tmp_path, pool=LocalPool(s, ScriptedEngine()))
+    journal = tmp_path / "resume" / JOURNAL
+    text = journal.read_bytes()
+    lines = text.splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:-6]) + lines[-6][:20])    # lose the last trials, tear a line
+    record = OptunaRecord(tmp_path / "resume", s)
+    record.ostudy.ask()                                            # a driver killed after an ask
+    del record
+
+    summary = driver.run(s, tmp_path, pool=LocalPool(s, ScriptedEngine()))
+    assert summary.ran == 0
+    assert summary.reconciled["added"] > 0 and summary.reconciled["failed"] == 1
+    t = sweep.load_trials(tmp_path / "resume")
+    ostudy = OptunaRecord(tmp_path / "resume", s).ostudy
+    finished = [tr for tr in ostudy.get_trials() if tr.state.is_finished() and "trial" in tr.user_attrs]
+    assert sorted(tr.user_attrs["trial"] for tr in finished) == sorted(t.trial)
+    assert not [tr for tr in ostudy.get_trials() if not tr.state.is_finished()]
+
+
+def test_a_second_driver_on_the_same_study_is_refused(tmp_path):
+    s = parse(STUDY.format(seeds=[0]), "r.toml")
+    out = driver.prepare_dir(s, tmp_path)
+    with driver.driver_lock(out):
+        with pytest.raises(driver.StudyBusy, match="another `sweep run` is running this study"):
+            driver.run(s, tmp_path, pool=LocalPool(s, ScriptedEngine()))
