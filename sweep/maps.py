@@ -240,7 +240,9 @@ def _plain(v):
 def write(study_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rebuild `map.parquet` and `boundary.parquet` from the study's trials; returns both."""
     out = Path(study_dir)
-    map_df, boundary_df = build(load_trials(out))
+    # A session that recorded nothing yet still leaves (empty) maps, so readers find the files.
+    trials = load_trials(out) if (out / "trials").is_dir() else pd.DataFrame()
+    map_df, boundary_df = build(trials)
     write_atomic(_table(_rows(map_df), MAP_COLUMNS), out / MAP_FILE)
     write_atomic(_table(_rows(boundary_df), BOUNDARY_COLUMNS), out / BOUNDARY_FILE)
     return map_df, boundary_df

@@ -170,8 +170,10 @@ def loss_curves(trials: pd.DataFrame, curves: pd.DataFrame, example: Example, pa
             colour = STATUS_COLOURS[str(run["status"])]
             ax.plot(c["epoch"], np.where(np.isfinite(loss), loss, np.nan), color=colour, alpha=0.8, lw=1.2)
             if not np.isfinite(loss).all():
-                last = int(c["epoch"].iloc[-1])
-                ax.plot([last], [np.nanmax(np.where(np.isfinite(loss), loss, np.nan))], "x", color=colour, ms=9)
+                # Mark where it stopped: the last epoch, at the last finite loss before it.
+                finite_loss = loss[np.isfinite(loss)]
+                ax.plot([int(c["epoch"].iloc[-1])], [finite_loss[-1] if len(finite_loss) else np.nan], "x",
+                        color=colour, ms=9)
         l0 = float(runs["initial_loss"].median())
         ax.axhline(l0, color="k", ls="--", lw=0.8, label=f"ℓ0 (initial loss) ≈ {l0:.3g}")
         shown = ", ".join(f"{k}={_fmt(example.config(axes)[k])}" for k in {**example.failure, **example.fix})
