@@ -135,10 +135,10 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
     s = _load_study(study_file)
     try:
         out = driver.prepare_dir(s, results_dir)
-    except (PermissionError, driver.StudyConflict) as exc:
+        before = Counter(r["status"] for r in reports.done_rows(out).values())
+    except (PermissionError, driver.StudyConflict, reports.ResultsError) as exc:
         raise BadInput(str(exc)) from None
     total = driver.planned_runs(s)
-    before = Counter(r["status"] for r in reports.done_rows(out).values())
     where = f"Ray at {address}" if address else "a private local Ray"
     click.echo(f"{s.name}: {total} runs planned, {sum(before.values())} already recorded in {out}; "
                f"training on {where}")

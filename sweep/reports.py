@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import uuid
 from datetime import datetime, timezone
@@ -211,8 +212,23 @@ def tidy(study_dir: Path) -> list[str]:
     return removed
 
 
+PART_RE = re.compile(r"^part-[A-Za-z0-9T_-]+\.parquet$")
+
+
 def _parts(directory: Path) -> list[Path]:
-    return sorted(directory.glob("part-*.parquet"))
+    """The part files of a dataset directory. Hidden files (a write in progress) are not parts;
+    anything else that is not a part is refused by name, so no row is ever silently skipped."""
+    if not directory.is_dir():
+        return []
+    parts, foreign = [], []
+    for p in sorted(directory.iterdir()):
+        if p.name.startswith("."):
+            continue
+        (parts if PART_RE.match(p.name) and p.is_file() else foreign).append(p)
+    if foreign:
+        raise ResultsError(f"{directory}: not a part file of this dataset: {', '.join(str(f) for f in foreign)}; "
+                           "move it elsewhere (only part-*.parquet files written by sweep belong here)")
+    return parts
 
 
 def _read(directory: Path, schema: pa.Schema) -> pa.Table:

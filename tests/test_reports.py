@@ -123,3 +123,22 @@ def test_foreign_or_truncated_part_is_refused_by_name(tmp_path):
 def test_not_a_study_dir(tmp_path):
     with pytest.raises(reports.ResultsError, match="not a study results directory"):
         sweep.load_trials(tmp_path)
+
+
+@pytest.mark.parametrize("intruder", ["notes.txt", "trials.parquet", "part-x.csv"])
+def test_foreign_file_is_refused_by_name(tmp_path, intruder):
+    rows, curves = batch()
+    reports.write_batch(tmp_path / "rt", rows, curves)
+    (tmp_path / "rt" / "trials" / intruder).write_text("not ours")
+    with pytest.raises(reports.ResultsError, match=intruder):
+        sweep.load_trials(tmp_path / "rt")
+
+
+def test_part_of_another_schema_version_is_refused(tmp_path):
+    rows, curves = batch()
+    stem = reports.write_batch(tmp_path / "rt", rows, curves)
+    part = tmp_path / "rt" / "trials" / f"{stem}.parquet"
+    table = pq.read_table(part).replace_schema_metadata({"schema_version": "0"})
+    pq.write_table(table, part)
+    with pytest.raises(reports.ResultsError, match="schema_version 0"):
+        sweep.load_trials(tmp_path / "rt")
