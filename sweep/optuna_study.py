@@ -3,10 +3,12 @@
 Parquet `trials/` is the record; Optuna holds a copy for its dashboard and
 its samplers. Every finished run (grid and boundary samplers) becomes one
 finished Optuna trial: its params are the axes the study varies plus the
-seed; its value the final loss (+inf when the loss went non-finite); a
-constraint `unstable` (> 0 when the verdict is nan, diverged or unstable) so
-feasibility is Optuna's own notion; and the whole report row as user
-attributes (verdict, telemetry, plan index `trial`, `config_id`, `worker`).
+seed; its value the final loss (+inf when the loss went non-finite); one
+constraint, > 0 when the verdict is nan, diverged or unstable, so feasibility
+is Optuna's own notion (kept as the system attribute `constraints` list, the
+form both Optuna's samplers and optuna-dashboard read); and the report's verdict
+and telemetry columns as user attributes (`ATTRS`, with the plan index `trial`,
+`config_id` and `worker`).
 `error` and `timeout` runs are FAIL trials carrying their message.
 
 The tpe sampler asks Optuna for configurations instead: one trial per
@@ -26,15 +28,17 @@ journal on Redis).
     ...        "status": "nan", "final_loss": float("nan")}
     >>> t = trial_for_row(study, row)
     >>> t.params, t.value, t.constraints
-    ({'learning_rate': 0.1, 'seed': 0}, inf, {'unstable': 1.0})
+    ({'learning_rate': 0.1, 'seed': 0}, inf, {'0': 1.0})
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -45,6 +49,12 @@ JOURNAL = "study.journal"
 UNSTABLE = ("nan", "diverged", "unstable")
 FAILED = ("error", "timeout")
 ADD_CHUNK = 512
+# The report columns a trial carries as user attributes: the verdict and its telemetry, and
+# where to find the run (the axes are its params; the rest is in trials/).
+ATTRS = ("status", "message", "trial", "config_id", "seed", "initial_loss", "final_loss", "best_loss",
+         "final_loss_ratio", "max_loss_ratio", "loss_spikes", "first_nonfinite_step", "grad_norm_p50",
+         "grad_norm_p90", "grad_norm_max", "clip_fraction", "final_accuracy", "wall_seconds", "worker",
+         "started_at", "engine")
 
 
 class StorageConflict(Exception):
@@ -91,11 +101,21 @@ def trial_for_row(study: Study, row: Mapping, dists: dict | None = None):
 
     dists = dists if dists is not None else distributions(study)
     params = {a: _param(row[a]) for a in dists if a != "seed"} | {"seed": int(row["seed"])}
-    attrs = {k: _plain(v) for k, v in row.items() if k not in dists}
+    attrs = {k: _plain(row.get(k)) for k in ATTRS}
     if row["status"] in FAILED:
         return create_trial(state=TrialState.FAIL, params=params, distributions=dists, user_attrs=attrs)
     return create_trial(params=params, distributions=dists, value=_value(row), user_attrs=attrs,
-                        constraints={"unstable": 1.0 if row["status"] in UNSTABLE else 0.0})
+                        system_attrs=constraint(1.0 if row["status"] in UNSTABLE else 0.0))
+
+
+def constraint(unstable: float) -> dict:
+    """The trial's one constraint (> 0: infeasible) as a system attribute.
+
+    Optuna 5 also reads `constraints:<name>` keys (what `Trial.set_constraint` writes), but
+    optuna-dashboard shows only this list form."""
+    from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+
+    return {_CONSTRAINTS_KEY: [float(unstable)]}
 
 
 def config_outcome(rows: Sequence[Mapping]) -> tuple[float | None, float, dict]:
@@ -131,6 +151,64 @@ def _repair_journal(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def _append_trials(storage, study_id: int, trials: Sequence) -> None:
+    """Optuna's `add_trials`, for the journal file, as one append and one read-back.
+
+    `add_trials` writes the journal and reads it back once per trial, ~1 ms per run here,
+    the whole of the driver's budget. This writes the same CREATE_TRIAL entries
+    `JournalStorage.create_new_trial` writes (Optuna 5's journal format), all at once."""
+    from optuna.distributions import distribution_to_json
+    from optuna.storages.journal._storage import JournalOperation
+
+    def stamp(dt):
+        return dt.astimezone(timezone.utc).isoformat(timespec="microseconds") if dt else None
+
+    worker_id = storage._replay_result.worker_id
+    json_of: dict = {}
+    logs = []
+    for t in trials:
+        logs.append({
+            "op_code": JournalOperation.CREATE_TRIAL, "worker_id": worker_id, "study_id": study_id,
+            "datetime_start": stamp(t.datetime_start), "datetime_complete": stamp(t.datetime_complete),
+            "state": t.state, "value": t.value, "values": None,
+            "distributions": {k: json_of.get(id(d)) or json_of.setdefault(id(d), distribution_to_json(d))
+                              for k, d in t.distributions.items()},
+            "params": {k: t.distributions[k].to_internal_repr(v) for k, v in t.params.items()},
+            "user_attrs": t.user_attrs, "system_attrs": t.system_attrs, "intermediate_values": {},
+        })
+    with storage._thread_lock:
+        storage._backend.append_logs(logs)
+        storage._sync_with_backend()
+
+
+def _journal_backend(path: Path):
+    """Optuna's journal file, appended without an fsync per trial.
+
+    The journal is a copy that `OptunaRecord.reconcile` rebuilds from the Parquet record at
+    every start, and a torn tail is cut (`_repair_journal`); an fsync per trial (~1.7 ms
+    here) would be the largest cost of the driver. `OptunaRecord` syncs once per commit.
+    Nor is Optuna's lock file taken per append: the driver is the only writer, which the
+    study directory's driver lock ensures (readers such as optuna-dashboard take no lock)."""
+    return journal_copy_class()(str(path))
+
+
+@functools.cache
+def journal_copy_class() -> type:
+    """The journal file backend class `_journal_backend` uses (defined once Optuna is imported)."""
+    from optuna.storages.journal import JournalFileBackend
+
+    class JournalCopy(JournalFileBackend):
+        def append_logs(self, logs: list[dict]) -> None:
+            with open(self._file_path, "ab") as fh:
+                fh.write(("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode())
+
+        def sync(self) -> None:
+            with open(self._file_path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+    return JournalCopy
+
+
 def open_storage(out: Path, url: str | None):
     """The storage for this study: `url`, or the journal file in the study directory.
 
@@ -142,14 +220,14 @@ def open_storage(out: Path, url: str | None):
 
             return JournalStorage(JournalRedisBackend(url))
         return url
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalStorage
 
     path = out / JOURNAL
     _repair_journal(path)
     lock = Path(f"{path}.lock")
     if lock.is_symlink() or lock.exists():
         lock.unlink()
-    return JournalStorage(JournalFileBackend(str(path)))
+    return JournalStorage(_journal_backend(path))
 
 
 class OptunaRecord:
@@ -242,7 +320,18 @@ class OptunaRecord:
     def add_rows(self, rows: Iterable[Mapping]) -> None:
         rows = list(rows)
         for i in range(0, len(rows), ADD_CHUNK):
-            self.ostudy.add_trials([trial_for_row(self.study, r, self.dists) for r in rows[i:i + ADD_CHUNK]])
+            trials = [trial_for_row(self.study, r, self.dists) for r in rows[i:i + ADD_CHUNK]]
+            if isinstance(getattr(self.ostudy._storage, "_backend", None), journal_copy_class()):
+                _append_trials(self.ostudy._storage, self.ostudy._study_id, trials)
+            else:
+                self.ostudy.add_trials(trials)
+        self.sync()
+
+    def sync(self) -> None:
+        """One fsync for what was appended since the last (file journal only)."""
+        backend = getattr(self.ostudy._storage, "_backend", None)
+        if hasattr(backend, "sync"):
+            backend.sync()
 
     def _by_config(self, rows: Iterable[Mapping]) -> dict[str, dict[int, Mapping]]:
         out: dict[str, dict[int, Mapping]] = defaultdict(dict)
@@ -261,7 +350,8 @@ class OptunaRecord:
         if value is None:
             self.ostudy.tell(number, state=TrialState.FAIL, skip_if_finished=True)
             return
-        storage.set_trial_system_attr(trial_id, "constraints:unstable", unstable)
+        for key, v in constraint(unstable).items():
+            storage.set_trial_system_attr(trial_id, key, v)
         self.ostudy.tell(number, value, skip_if_finished=True)
 
     def _add_configs(self, configs: Sequence[Sequence[Mapping]]) -> None:
@@ -278,6 +368,6 @@ class OptunaRecord:
                 trials.append(create_trial(state=TrialState.FAIL, params=params, distributions=dists, user_attrs=attrs))
             else:
                 trials.append(create_trial(params=params, distributions=dists, value=value, user_attrs=attrs,
-                                           constraints={"unstable": unstable}))
+                                           system_attrs=constraint(unstable)))
         if trials:
             self.ostudy.add_trials(trials)

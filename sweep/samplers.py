@@ -47,8 +47,7 @@ def next_trial(done: Done) -> int:
 class TPESampler:
     """Optuna's TPE over the study's grid: one Optuna trial per configuration, trained on every
     seed; objective the mean final loss; a configuration with nan, diverged or unstable seeds
-    is infeasible (Optuna's constraint `unstable`, set when the trial is told; see
-    `optuna_study`). Stops after `n_trials` configurations (default 20).
+    is infeasible (Optuna's constraint, set when the trial is told; see `optuna_study`). Stops after `n_trials` configurations (default 20).
 
     Its state is the Optuna study: asked trials are RUNNING until their last seed is
     recorded, so after a crash the missing seeds of those configurations come first.
@@ -114,7 +113,7 @@ class TPESampler:
 
     def _already_done(self, trial, runs: list[Run], done: Done) -> None:
         """TPE re-suggested a configuration already trained: told from its rows, no new runs."""
-        from .optuna_study import config_outcome
+        from .optuna_study import config_outcome, constraint
 
         value, unstable, attrs = config_outcome([done[r.key] for r in runs])
         for k, v in attrs.items():
@@ -124,7 +123,8 @@ class TPESampler:
 
             self.ostudy.tell(trial, state=TrialState.FAIL)
         else:
-            trial.set_constraint("unstable", unstable)
+            for key, v in constraint(unstable).items():
+                trial.storage.set_trial_system_attr(trial._trial_id, key, v)
             self.ostudy.tell(trial, value)
 
 

@@ -22,6 +22,7 @@ listing every problem (file, field, what is allowed)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import itertools
@@ -100,7 +101,7 @@ class Config:
     loss: str
     schedule: str
 
-    @property
+    @functools.cached_property  # the driver looks it up for every run it schedules
     def config_id(self) -> str:
         """A stable 12-hex-digit id of the axis values (the same in every study and session)."""
         blob = json.dumps(asdict(self), sort_keys=True, default=repr)

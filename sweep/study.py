@@ -174,7 +174,9 @@ def run(study: Study, results: str | os.PathLike = "results", *, engine: "str | 
         _loop(study, out, done, sampler, pool, record, summary, max_trials,
               batch_runs or DEFAULT_BATCH_RUNS.get(engine_name(eng), 8), on_batch, started)
     # The maps are a view of trials/: rebuilt whole at the end of every session, resumed or not.
+    t0 = time.perf_counter()
     maps.write(out)
+    summary.phases["maps"] = time.perf_counter() - t0
     summary.seconds = time.perf_counter() - started
     return summary
 

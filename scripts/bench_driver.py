@@ -1,0 +1,121 @@
+"""The driver alone: its overhead per run on a 20,000-run grid, with an engine that trains nothing.
+
+What is timed is everything `sweep run` does besides training: proposing runs
+(the grid sampler over the whole plan), handing out batches, committing rows
+to Parquet (`trials/` and `curves/` part files, fsynced), recording them in
+the Optuna journal, and starting (reading what is done, reconciling Optuna).
+The engine's own time and the building of each row (worker-side work) are
+measured apart and left out. Then the same command is timed again on the
+finished study (a resume with nothing left to do).
+
+    python scripts/bench_driver.py            # 20,000 runs, results in a temp directory
+    python scripts/bench_driver.py --runs 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sweep import study as driver
+from sweep.engines import Outcome
+from sweep.pool import LocalPool
+from sweep.spec import parse
+
+
+class InstantEngine:
+    """Two epochs of a made-up, stable loss curve, no training."""
+
+    name = "instant"
+
+    def train(self, study, runs):
+        return [Outcome(initial_loss=0.7, initial_accuracy=0.5, epoch_loss=[0.5, 0.4], epoch_accuracy=[0.6, 0.7],
+                        epoch_grad_norm_max=[1.0, 0.9], epoch_learning_rate=[r.config.learning_rate] * 2,
+                        grad_norms=np.ones(8), engine=self.name) for r in runs]
+
+
+class TimedPool(LocalPool):
+    """LocalPool that keeps the time spent training and building rows (the workers' share)."""
+
+    worker_seconds = 0.0
+
+    def wait(self):
+        t0 = time.perf_counter()
+        try:
+            return super().wait()
+        finally:
+            TimedPool.worker_seconds += time.perf_counter() - t0
+
+
+def grid_study(target: int):
+    """A 6-axis grid of about `target` runs (10 seeds)."""
+    n_lr = max(1, target // (4 * 4 * 5 * 10))
+    lrs = [float(f"{x:.3g}") for x in np.geomspace(1e-4, 10, n_lr)]
+    text = f'''[study]
+name = "bench-driver"
+example = "exploding_gradients"
+epochs = 2
+seeds = {list(range(10))}
+[grid]
+learning_rate = {lrs}
+clipnorm = ["none", 0.1, 1.0, 10.0]
+batch_size = [16, 32, 128, 1000]
+activation = ["relu", "tanh", "sigmoid", "gelu", "elu"]
+'''
+    return parse(text, "bench-driver.toml")
+
+
+def session(study, results):
+    TimedPool.worker_seconds = 0.0
+    t0 = time.perf_counter()
+    summary = driver.run(study, results, pool=TimedPool(study, InstantEngine()))
+    return summary, time.perf_counter() - t0, TimedPool.worker_seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20000, help="about this many planned runs (default 20000)")
+    ap.add_argument("--results", default=None, help="results directory (default: a temporary one, removed)")
+    args = ap.parse_args()
+    results = Path(args.results or tempfile.mkdtemp(prefix="bench-driver-"))
+    study = grid_study(args.runs)
+    n = len(study.plan())
+    # In-process training imports TensorFlow once (a Ray driver never does): not the driver's cost.
+    from sweep.cluster import import_tensorflow
+
+    import_tensorflow()
+    try:
+        summary, wall, worker = session(study, results)
+        assert summary.ran == n, (summary.ran, n)
+        driver_s = wall - worker
+        p = summary.phases
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
+              f"{platform.python_version()}, {platform.system()} {platform.release()}, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        print(f"planned runs: {n}; session wall {wall:.1f} s, of which workers' share {worker:.1f} s")
+        print(f"{'phase':<28}{'seconds':>10}{'ms per run':>12}")
+        rows = [("start (read done, Optuna)", p["start"]), ("propose (grid sampler)", p["propose"]),
+                ("write (Parquet parts)", p["write"]), ("record (Optuna journal)", p["record"]),
+                ("collect (bookkeeping)", p["collect"]), ("maps (map/boundary.parquet)", p["maps"]),
+                ("rest of the loop", driver_s - sum(p.values()))]
+        for name, sec in rows:
+            print(f"{name:<28}{sec:>10.2f}{sec / n * 1000:>12.3f}")
+        print(f"{'driver total':<28}{driver_s:>10.2f}{driver_s / n * 1000:>12.3f}")
+        summary2, wall2, _ = session(study, results)
+        assert summary2.ran == 0
+        print(f"resume of the finished study (nothing to train): {wall2:.1f} s")
+        print(f"driver overhead: {driver_s / n * 1000:.3f} ms per run at {n} runs")
+    finally:
+        if args.results is None:
+            shutil.rmtree(results, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
