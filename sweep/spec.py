@@ -70,6 +70,9 @@ STUDY_KEYS = {
     "timeout": "seconds per run, a number > 0",
     "n_trials": "an integer >= 1 (tpe: how many configurations to try)",
 }
+# A plan larger than this is refused unless the user raises the guard (`--max-runs`):
+# a typo in a grid should not start a month of training or fill the driver's memory.
+MAX_RUNS = 200_000
 SECTIONS = ("study", "grid", "verdict", "boundary")
 BOUNDARY_KEYS = {
     "resolution": "a number > 1: the boundary sampler stops bisecting a setting's edge once "
@@ -247,7 +250,7 @@ def _check_builder(ref: str, problems: list) -> None:
                          "(activation: str, seed: int) -> (keras.Model compiled with its loss, x, y)"))
 
 
-def parse(text: str, path: str = "<study>") -> Study:
+def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS) -> Study:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -367,6 +370,19 @@ def parse(text: str, path: str = "<study>") -> Study:
         problems.append(("boundary.resolution", f"{resolution!r} is not allowed; allowed: {BOUNDARY_KEYS['resolution']}"))
         resolution = None
 
+    if catalog_example is not None and "batch_size" in grid:
+        n_samples = len(catalog_example.data(data_seed or 0)[0])
+        for b in grid["batch_size"]:
+            if b > n_samples:
+                problems.append(("grid.batch_size", f"{b} is larger than the example's {n_samples} training "
+                                 f"samples; allowed: integers from 1 to {n_samples}"))
+    if seeds:
+        # Counted before anything is expanded, so an enormous grid costs nothing to refuse.
+        size = math.prod(len(v) for v in grid.values()) * len(seeds)
+        if size > max_runs:
+            problems.append(("grid", f"the plan has up to {size:,} runs (axes x seeds), more than the guard of "
+                             f"{max_runs:,}; shrink the grid or raise the guard with --max-runs"))
+
     if problems:
         raise SpecError(path, problems)
     s = Study(
@@ -381,7 +397,7 @@ def parse(text: str, path: str = "<study>") -> Study:
     return s
 
 
-def load(path: str | Path) -> Study:
+def load(path: str | Path, max_runs: int = MAX_RUNS) -> Study:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -389,7 +405,7 @@ def load(path: str | Path) -> Study:
         raise SpecError(str(path), [("", "no such file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(str(path), [("", f"cannot read the file: {exc}")]) from None
-    return parse(text, str(path))
+    return parse(text, str(path), max_runs)
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

@@ -88,6 +88,14 @@ BAD = {
     "spike factor nan": (study() + "[verdict]\nspike_factor=nan\n", "verdict.spike_factor", "> 1"),
     "timeout negative": (study(timeout="-5"), "study.timeout", "> 0"),
     "missing study": ("[grid]\nlearning_rate=[0.1]\n", "study", "missing"),
+    "batch larger than the data": (study() + "[grid]\nbatch_size=[32, 5000]\n", "grid.batch_size", "from 1 to 1000"),
+    "enormous grid": (study(seeds="[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]") + "[grid]\nlearning_rate=[" +
+                      ", ".join(f"{0.001 * (i + 1):.3f}" for i in range(200)) + "]\nclipnorm=[" +
+                      ", ".join(f"{0.01 * (i + 1):.2f}" for i in range(200)) + "]\n", "grid", "--max-runs"),
+    "name not a string": (study(name="3"), "study.name", "plain file name"),
+    "example not a string": (study(example="[1]"), "study.example", "catalog id"),
+    "grid not a table": ("grid = 3\n" + study(), "grid", "must be a table"),
+    "data_seed negative": (study(data_seed="-1"), "study.data_seed", "integer >= 0"),
 }
 
 
@@ -98,6 +106,13 @@ def test_bad_input_names_field_and_allowed(case):
     messages = [m for f, m in found if f == field]
     assert messages, f"{case}: expected a problem on {field}, got {found}"
     assert any(allowed in m for m in messages), f"{case}: {messages} should say {allowed!r}"
+
+
+def test_guard_counts_before_expanding_and_can_be_raised():
+    text = study(seeds="[0, 1]") + "[grid]\nlearning_rate=[0.1, 0.2, 0.3]\n"
+    with pytest.raises(SpecError, match="up to 6 runs"):
+        parse(text, "g.toml", max_runs=5)
+    assert len(parse(text, "g.toml", max_runs=6).plan()) == 6
 
 
 def test_syntax_error_gives_line():
