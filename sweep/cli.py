@@ -63,10 +63,10 @@ def validate(study_file: str) -> None:
     console.print(f"{n_configs} configurations x {len(study.seeds)} seeds = {len(plan)} runs")
 
 
-def _eta(summary, remaining: int) -> str:
-    if not summary.ran or not summary.seconds:
+def _eta(rate: float, remaining: int) -> str:
+    if not rate:
         return "?"
-    seconds = remaining * summary.seconds / summary.ran
+    seconds = remaining / rate
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} d"
 
 
@@ -74,12 +74,17 @@ def _progress_printer(total: int, before: Counter):
     """A callback that shows progress (runs done/total, counts per status, runs/s, ETA): a
     live bar on a terminal, a plain line every 5 s otherwise (logs, CI, `ray job submit`)."""
     already = sum(before.values())
-    state = {"last": 0.0}
+    state = {"last": 0.0, "first": None}
 
     def numbers(summary, sep: str) -> tuple[int, str, float]:
         counts = before + summary.counts
         text = " ".join(f"{s}{sep}{counts[s]}" for s in STATUSES if counts[s])
-        rate = summary.ran / summary.seconds if summary.seconds else 0.0
+        # Runs/s since the first rows came back: Ray's and the workers' start-up is not a rate.
+        if state["first"] is None and summary.ran:
+            state["first"] = (summary.seconds, summary.ran)
+        rate = 0.0
+        if state["first"] and summary.seconds > state["first"][0]:
+            rate = (summary.ran - state["first"][1]) / (summary.seconds - state["first"][0])
         return already + summary.ran, text, rate
 
     if console.is_terminal:
@@ -95,7 +100,7 @@ def _progress_printer(total: int, before: Counter):
         def update(summary, rows):
             done, counts, rate = numbers(summary, ":")
             progress.update(task, completed=done, rate=f"{rate:.2f} runs/s", counts=counts,
-                            eta=_eta(summary, total - done))
+                            eta=_eta(rate, total - done))
 
         return update, progress.stop
 
@@ -105,7 +110,7 @@ def _progress_printer(total: int, before: Counter):
         if now - state["last"] < 5 and done < total:
             return
         state["last"] = now
-        click.echo(f"runs {done}/{total}  {rate:.2f} runs/s  ETA {_eta(summary, total - done)}  {counts}")
+        click.echo(f"runs {done}/{total}  {rate:.2f} runs/s  ETA {_eta(rate, total - done)}  {counts}")
 
     return line, lambda: None
 

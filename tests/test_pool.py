@@ -2,7 +2,9 @@
 
 import os
 import secrets
+import shutil
 import signal
+import tempfile
 
 import pytest
 
@@ -51,11 +53,14 @@ def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypat
 
     _reread_ray_settings()
     ship_to_workers()
+    # A short temp dir of its own (unix socket paths are limited to ~107 bytes).
+    temp_dir = tempfile.mkdtemp(prefix="sweep-test-ray-", dir="/tmp")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2,
                                                             "node_ip_address": "127.0.0.1",
-                                                            "include_dashboard": False})
+                                                            "include_dashboard": False,
+                                                            "temp_dir": temp_dir})
     try:
-        cluster.add_node(num_cpus=2, num_gpus=2, node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=2, num_gpus=2, node_ip_address="127.0.0.1", temp_dir=temp_dir)
         ray.init(address=cluster.address)
         s = make_study("gpus", lrs=(0.001, 0.01), clip=("none",))
         pool = RayPool(s, ScriptedEngine(seconds=0.05))
@@ -81,6 +86,7 @@ def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypat
         cluster.shutdown()
         monkeypatch.undo()
         _reread_ray_settings()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_an_actor_killed_mid_batch_loses_no_run(local_ray, tmp_path):
