@@ -78,7 +78,7 @@ def pstable_heatmap(map_df: pd.DataFrame, path: Path, title: str) -> Path:
     rows = list(dict.fromkeys(df.sort_values(row_axes or ["learning_rate"], na_position="first")["_row"]))
     ncols = len({s for _, s in facets})
     nrows = len({a for a, _ in facets})
-    fig = Figure(figsize=(1.5 + 0.55 * len(lrs) * ncols, 1.4 + (0.35 * len(rows) + 0.9) * nrows), layout="constrained")
+    fig = Figure(figsize=(max(8.0, 2.5 + 0.55 * len(lrs) * ncols), 1.4 + (0.35 * len(rows) + 0.9) * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     acts = list(dict.fromkeys(a for a, _ in facets))
     scs = list(dict.fromkeys(s for _, s in facets))
@@ -104,8 +104,8 @@ def pstable_heatmap(map_df: pd.DataFrame, path: Path, title: str) -> Path:
         if not ax.images:
             ax.set_visible(False)
     if image is not None:
-        fig.colorbar(image, ax=axes, label="P(stable) over seeds (cell: stable/seeds; grey: not run)", shrink=0.8)
-    fig.suptitle(title)
+        fig.colorbar(image, ax=axes, label="P(stable); cell: stable/seeds", shrink=0.8)
+    fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=110)
     return path
 
@@ -202,7 +202,7 @@ def write_plots(study_dir: str | os.PathLike) -> list[Path]:
     written = []
     if len(map_df):
         written.append(pstable_heatmap(map_df, out / PLOTS_DIR / "pstable.png",
-                                       f"{name} ({example}): P(stable) over seeds"))
+                                       f"{name} ({example})\nP(stable) over seeds; grey: not run"))
         edge = edge_vs_batch(boundary_df, out / PLOTS_DIR / "edge_vs_batch.png",
                              f"{name} ({example}): edge learning rate against batch size")
         if edge:

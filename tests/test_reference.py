@@ -1,0 +1,69 @@
+"""The committed reference results (results/): they load with the current schema, their maps are
+what the current code computes from their trials, and re-training a few of their runs gives the
+same verdicts."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import sweep
+from sweep import maps
+from sweep.catalog import EXAMPLES
+from sweep.claims import load_claims
+from sweep.pool import execute
+from sweep.spec import Run, config_from_dict, load
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+STUDIES = [RESULTS / f"reproduce-{example}" for example in EXAMPLES]
+
+
+def test_claims_cover_every_example_and_the_report_links_existing_plots():
+    claims = load_claims(RESULTS)
+    assert set(claims["example"].astype(str)) == set(EXAMPLES)
+    assert claims["reproduced"].dtype == bool
+    assert claims[["claim", "measured_failure", "measured_fix", "note"]].notna().all().all()
+    report = (RESULTS / "REPORT.md").read_text()
+    assert "sweep reproduce --results results" in report
+    for example in EXAMPLES:
+        assert f"## {example}:" in report
+    for link in pd.Series(report.split("](")[1:]).str.split(")").str[0]:
+        if link.endswith(".png"):
+            assert (RESULTS / link).is_file(), link
+
+
+@pytest.mark.parametrize("study_dir", STUDIES, ids=lambda p: p.name)
+def test_committed_study_loads_and_its_maps_are_current(study_dir):
+    trials = sweep.load_trials(study_dir)
+    curves = sweep.load_curves(study_dir)
+    assert len(trials) == len(load(study_dir / "study.toml").plan())
+    assert set(curves["trial"]) == set(trials["trial"])
+    stored_map, stored_boundary = sweep.load_map(study_dir), sweep.load_boundary(study_dir)
+    fresh_map, fresh_boundary = maps.build(trials)
+    pd.testing.assert_frame_equal(stored_map, fresh_map)
+    pd.testing.assert_frame_equal(stored_boundary, fresh_boundary)
+
+
+def _picked(quick: bool) -> list[tuple[Path, int]]:
+    """A stable and a non-stable run of short studies (quick), or of every study (full)."""
+    chosen = []
+    for study_dir in STUDIES if not quick else [RESULTS / "reproduce-categorical_clipnorm"]:
+        trials = sweep.load_trials(study_dir)
+        for stable in (True, False):
+            pick = trials[(trials["status"] == "stable") == stable].sort_values("trial")
+            if len(pick):
+                chosen.append((study_dir, int(pick["trial"].iloc[0])))
+    return chosen
+
+
+@pytest.mark.slow
+def test_rerunning_committed_runs_gives_the_same_verdicts(request):
+    for study_dir, trial in _picked(request.config.getoption("--quick")):
+        study = load(study_dir / "study.toml")
+        row = sweep.load_trials(study_dir).set_index("trial").loc[trial]
+        run = Run(trial, config_from_dict(row.to_dict()), int(row["seed"]))
+        [(again, _curves)] = execute(study, [run], str(row["engine"]))
+        print(f"{study_dir.name} trial {trial}: committed {row['status']} {row['final_loss']:.6g}, "
+              f"re-run {again['status']} {again['final_loss']:.6g}")
+        assert again["status"] == row["status"]
+        assert again["final_loss"] == pytest.approx(row["final_loss"], rel=1e-4, nan_ok=True)
