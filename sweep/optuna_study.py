@@ -95,17 +95,24 @@ def _value(row: Mapping) -> float:
     return float(v) if v is not None and math.isfinite(v) else math.inf
 
 
-def trial_for_row(study: Study, row: Mapping, dists: dict | None = None):
-    """The finished Optuna trial of one report row."""
-    from optuna.trial import TrialState, create_trial
+def _row_trial(row: Mapping, dists: dict) -> dict:
+    """The parts of a report row's Optuna trial: params, state, value, attributes."""
+    from optuna.trial import TrialState
 
-    dists = dists if dists is not None else distributions(study)
     params = {a: _param(row[a]) for a in dists if a != "seed"} | {"seed": int(row["seed"])}
     attrs = {k: _plain(row.get(k)) for k in ATTRS}
     if row["status"] in FAILED:
-        return create_trial(state=TrialState.FAIL, params=params, distributions=dists, user_attrs=attrs)
-    return create_trial(params=params, distributions=dists, value=_value(row), user_attrs=attrs,
-                        system_attrs=constraint(1.0 if row["status"] in UNSTABLE else 0.0))
+        return {"params": params, "state": TrialState.FAIL, "value": None, "user_attrs": attrs, "system_attrs": {}}
+    return {"params": params, "state": TrialState.COMPLETE, "value": _value(row), "user_attrs": attrs,
+            "system_attrs": constraint(1.0 if row["status"] in UNSTABLE else 0.0)}
+
+
+def trial_for_row(study: Study, row: Mapping, dists: dict | None = None):
+    """The finished Optuna trial of one report row."""
+    from optuna.trial import create_trial
+
+    dists = dists if dists is not None else distributions(study)
+    return create_trial(distributions=dists, **_row_trial(row, dists))
 
 
 def constraint(unstable: float) -> dict:
@@ -151,34 +158,29 @@ def _repair_journal(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _append_trials(storage, study_id: int, trials: Sequence) -> None:
-    """Optuna's `add_trials`, for the journal file, as one append and one read-back.
+def _append_rows(storage, study_id: int, rows: Sequence[Mapping], dists: dict) -> None:
+    """`add_trials([trial_for_row(...) ...])` for the journal file, as one append.
 
-    `add_trials` writes the journal and reads it back once per trial, ~1 ms per run here,
-    the whole of the driver's budget. This writes the same CREATE_TRIAL entries
-    `JournalStorage.create_new_trial` writes (Optuna 5's journal format), all at once."""
+    Optuna's `add_trials` validates each trial, writes it to the journal and reads the
+    journal back, one trial at a time: ~0.5-1 ms per run here, the driver's whole budget.
+    This writes the CREATE_TRIAL entries `JournalStorage.create_new_trial` would (Optuna 5's
+    journal format; tests/test_optuna_copy.py checks they read back the same), all at once;
+    the storage reads them back at its next read, which a grid study never needs in-session."""
     from optuna.distributions import distribution_to_json
     from optuna.storages.journal._storage import JournalOperation
 
-    def stamp(dt):
-        return dt.astimezone(timezone.utc).isoformat(timespec="microseconds") if dt else None
-
-    worker_id = storage._replay_result.worker_id
-    json_of: dict = {}
+    now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    dist_json = {k: distribution_to_json(d) for k, d in dists.items()}
+    head = {"op_code": JournalOperation.CREATE_TRIAL, "worker_id": storage._replay_result.worker_id,
+            "study_id": study_id, "datetime_start": now, "datetime_complete": now, "values": None,
+            "distributions": dist_json, "intermediate_values": {}}
     logs = []
-    for t in trials:
-        logs.append({
-            "op_code": JournalOperation.CREATE_TRIAL, "worker_id": worker_id, "study_id": study_id,
-            "datetime_start": stamp(t.datetime_start), "datetime_complete": stamp(t.datetime_complete),
-            "state": t.state, "value": t.value, "values": None,
-            "distributions": {k: json_of.get(id(d)) or json_of.setdefault(id(d), distribution_to_json(d))
-                              for k, d in t.distributions.items()},
-            "params": {k: t.distributions[k].to_internal_repr(v) for k, v in t.params.items()},
-            "user_attrs": t.user_attrs, "system_attrs": t.system_attrs, "intermediate_values": {},
-        })
+    for row in rows:
+        t = _row_trial(row, dists)
+        t["params"] = {k: dists[k].to_internal_repr(v) for k, v in t["params"].items()}
+        logs.append(head | t)
     with storage._thread_lock:
         storage._backend.append_logs(logs)
-        storage._sync_with_backend()
 
 
 def _journal_backend(path: Path):
@@ -199,6 +201,8 @@ def journal_copy_class() -> type:
 
     class JournalCopy(JournalFileBackend):
         def append_logs(self, logs: list[dict]) -> None:
+            if not logs:
+                return  # an empty line would make the journal unreadable
             with open(self._file_path, "ab") as fh:
                 fh.write(("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode())
 
@@ -319,12 +323,13 @@ class OptunaRecord:
 
     def add_rows(self, rows: Iterable[Mapping]) -> None:
         rows = list(rows)
-        for i in range(0, len(rows), ADD_CHUNK):
-            trials = [trial_for_row(self.study, r, self.dists) for r in rows[i:i + ADD_CHUNK]]
-            if isinstance(getattr(self.ostudy._storage, "_backend", None), journal_copy_class()):
-                _append_trials(self.ostudy._storage, self.ostudy._study_id, trials)
-            else:
-                self.ostudy.add_trials(trials)
+        if not rows:
+            return
+        if isinstance(getattr(self.ostudy._storage, "_backend", None), journal_copy_class()):
+            _append_rows(self.ostudy._storage, self.ostudy._study_id, rows, self.dists)
+        else:
+            for i in range(0, len(rows), ADD_CHUNK):
+                self.ostudy.add_trials([trial_for_row(self.study, r, self.dists) for r in rows[i:i + ADD_CHUNK]])
         self.sync()
 
     def sync(self) -> None:
