@@ -5,6 +5,7 @@ import secrets
 import shutil
 import signal
 import tempfile
+import time
 
 import pytest
 
@@ -53,8 +54,12 @@ def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypat
 
     _reread_ray_settings()
     ship_to_workers()
-    # A short temp dir of its own (unix socket paths are limited to ~107 bytes).
-    temp_dir = tempfile.mkdtemp(prefix="sweep-test-ray-", dir="/tmp")
+    # A short temp dir of its own (unix socket paths are limited to ~107 bytes); RAY_TMPDIR
+    # also moves the address file Cluster writes to <temp>/ray.
+    temp_root = tempfile.mkdtemp(prefix="sweep-test-ray-", dir="/tmp")
+    temp_dir = os.path.join(temp_root, "ray")
+    os.mkdir(temp_dir)
+    monkeypatch.setenv("RAY_TMPDIR", temp_root)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2,
                                                             "node_ip_address": "127.0.0.1",
                                                             "include_dashboard": False,
@@ -86,7 +91,11 @@ def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypat
         cluster.shutdown()
         monkeypatch.undo()
         _reread_ray_settings()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        for _ in range(20):  # Ray's processes may still be writing as they exit
+            shutil.rmtree(temp_root, ignore_errors=True)
+            if not os.path.exists(temp_root):
+                break
+            time.sleep(0.5)
 
 
 def test_an_actor_killed_mid_batch_loses_no_run(local_ray, tmp_path):
