@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import reports
-from .spec import SpecError, load
+from .spec import MAX_RUNS, SpecError, load
 from .verdict import STATUSES
 
 console = Console()
@@ -33,11 +33,20 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
-def _load_study(path: str):
+def _load_study(path: str, max_runs: int = MAX_RUNS):
+    """The checked study, a user builder called once (`engines.check_builder`); else exit 2."""
+    from .engines import check_builder
+
     try:
-        return load(path)
+        study = load(path, max_runs)
+        check_builder(study)
+        return study
     except SpecError as exc:
         raise BadInput(str(exc)) from None
+
+
+MAX_RUNS_OPTION = click.option("--max-runs", type=click.IntRange(min=1), default=MAX_RUNS, show_default=True,
+                               help="Refuse a plan with more runs than this (a guard against typos in a grid).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,9 +57,10 @@ def main() -> None:
 
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
-def validate(study_file: str) -> None:
+@MAX_RUNS_OPTION
+def validate(study_file: str, max_runs: int) -> None:
     """Check STUDY_FILE and print the plan; exit 2 naming every wrong field."""
-    study = _load_study(study_file)
+    study = _load_study(study_file, max_runs)
     plan = study.plan()
     table = Table(title=f"{study.name}: {study.example}, {study.epochs} epochs, sampler {study.sampler}, engine {study.engine}")
     table.add_column("axis")
@@ -131,13 +141,14 @@ class _Empty:
                    "default: the journal file DIR/<study>/study.journal.")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
               help="CPUs per worker (and TensorFlow threads) when the cluster has no GPU; with GPUs: one worker per GPU.")
+@MAX_RUNS_OPTION
 def run(study_file: str, results_dir: str, address: str | None, engine: str | None, max_trials: int | None,
-        storage: str | None, cpus_per_worker: float) -> None:
+        storage: str | None, cpus_per_worker: float, max_runs: int) -> None:
     """Run or resume STUDY_FILE; results go to RESULTS/<study name>/."""
     from . import study as driver
     from .optuna_study import StorageConflict
 
-    s = _load_study(study_file)
+    s = _load_study(study_file, max_runs)
     try:
         out = driver.prepare_dir(s, results_dir)
         before = Counter(r["status"] for r in reports.done_rows(out).values())
@@ -151,8 +162,10 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
     try:
         summary = driver.run(s, results_dir, engine=engine, max_trials=max_trials, address=address,
                              storage=storage, cpus_per_worker=cpus_per_worker, on_batch=update)
-    except (driver.StudyBusy, StorageConflict) as exc:
+    except (driver.StudyBusy, StorageConflict, reports.ResultsError) as exc:
         raise BadInput(str(exc)) from None
+    except driver.ResultsWriteError as exc:  # full disk: a clear line, not a traceback (exit 1)
+        raise click.ClickException(str(exc)) from None
     finally:
         stop()
     _print_summary(summary)

@@ -47,6 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import faults
 from .reports import CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, load_trials, write_atomic
 from .spec import AXES, SETTING_AXES
 from .verdict import ORCHESTRATOR_STATUSES, STATUSES
@@ -244,6 +245,7 @@ def write(study_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     trials = load_trials(out) if (out / "trials").is_dir() else pd.DataFrame()
     map_df, boundary_df = build(trials)
     write_atomic(_table(_rows(map_df), MAP_COLUMNS), out / MAP_FILE)
+    faults.point("maps")
     write_atomic(_table(_rows(boundary_df), BOUNDARY_COLUMNS), out / BOUNDARY_FILE)
     return map_df, boundary_df
 

@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from . import faults
 from .spec import AXES, Study
 
 JOURNAL = "study.journal"
@@ -203,8 +204,14 @@ def journal_copy_class() -> type:
         def append_logs(self, logs: list[dict]) -> None:
             if not logs:
                 return  # an empty line would make the journal unreadable
+            data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode()
             with open(self._file_path, "ab") as fh:
-                fh.write(("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode())
+                # Two writes with a fault point between, so the suite can tear a line as a
+                # crash or a full disk can (`_repair_journal` cuts it): one more syscall.
+                fh.write(data[:len(data) // 2])
+                fh.flush()
+                faults.point("journal.append")
+                fh.write(data[len(data) // 2:])
 
         def sync(self) -> None:
             with open(self._file_path, "rb") as fh:
@@ -252,10 +259,13 @@ class OptunaRecord:
             raise StorageConflict(f"{storage_url or out / JOURNAL}: Optuna study {study.name!r} was made "
                                   "for a different plan; use a new study name or another --storage")
         if stored is None:
-            for key, value in {"plan_digest": digest, "example": study.example, "sampler": study.sampler,
-                               "epochs": study.epochs, "seeds": list(study.seeds),
-                               "planned_runs": len(study.plan())}.items():
+            # The digest goes last: it marks the attributes complete, so a driver killed
+            # between two of them writes them all again at the next start.
+            for key, value in {"example": study.example, "sampler": study.sampler, "epochs": study.epochs,
+                               "seeds": list(study.seeds), "planned_runs": len(study.plan()),
+                               "plan_digest": digest}.items():
                 self.ostudy.set_user_attr(key, value)
+                faults.point("start.optuna")
         self.seeds = set(study.seeds)
 
     def reconcile(self, done: Mapping[tuple[str, int], dict]) -> dict[str, int]:

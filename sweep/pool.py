@@ -215,13 +215,30 @@ class RayPool:
             self.study, self.engine, self.threads)
         return _Slot(actor=actor, starting=actor.describe.remote())
 
-    def _replace(self, slot: _Slot) -> None:
+    def _replace(self, slot: _Slot) -> bool:
+        """A fresh actor in the slot of a dead or stopped one; False when the cluster has no
+        room for it any more (a node left), and the slot is gone instead: a replacement that
+        Ray can never place would hold its batch forever."""
         import ray
 
         ray.kill(slot.actor, no_restart=True)
+        if len(self.slots_) > self._capacity():
+            self.slots_.remove(slot)
+            if not self.slots_:
+                raise WorkerStartError("no node with room for a worker is left in the cluster; the runs "
+                                       "committed so far are kept: run the same command again to resume")
+            return False
         fresh = self._start()
         slot.__dict__.update(fresh.__dict__)
         slot.info, slot.runs, slot.gen, slot.done = {}, [], None, 0
+        return True
+
+    def _capacity(self) -> int:
+        """How many actors the cluster's live nodes hold now."""
+        try:
+            return self.plan_actors()[0]
+        except WorkerStartError:
+            return 0
 
     # --- the interface ------------------------------------------------------------------
     def idle(self) -> int:
@@ -289,8 +306,10 @@ class RayPool:
                 raise WorkerStartError(f"a worker failed to start {self.start_failures} times in a row: "
                                        f"{_message(exc)}") from None
             runs = slot.runs
-            self._replace(slot)
-            slot.runs = runs
+            if self._replace(slot):
+                slot.runs = runs
+            else:
+                self.retry.extend(runs)
             return
         slot.starting = None
         self.start_failures = 0
@@ -346,7 +365,7 @@ class RayPool:
             return []
         out = []
         now = time.monotonic()
-        for slot in self.slots_:
+        for slot in list(self.slots_):  # a slot may go (`_replace`)
             if slot.gen is None or now - slot.clock < self.timeout:
                 continue
             current = self._current(slot)

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
+from . import __version__, faults
 from .engines import Outcome
 from .spec import CATEGORICAL_AXES, Run, Study
 from .verdict import STATUSES, judge, spike_epochs
@@ -175,6 +175,7 @@ def write_atomic(table: pa.Table, path: Path) -> None:
         pq.write_table(table, tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        faults.point("write.tmp")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -192,6 +193,7 @@ def write_batch(study_dir: Path, trial_rows: list[dict], curve_rows: list[dict])
     (study_dir / "trials").mkdir(parents=True, exist_ok=True)
     (study_dir / "curves").mkdir(parents=True, exist_ok=True)
     write_atomic(_table(curve_rows, CURVE_COLUMNS), study_dir / "curves" / f"{stem}.parquet")
+    faults.point("write.curves")
     write_atomic(_table(trial_rows, TRIAL_COLUMNS), study_dir / "trials" / f"{stem}.parquet")
     return stem
 
@@ -231,20 +233,36 @@ def _parts(directory: Path) -> list[Path]:
     return parts
 
 
+def _open(part: Path, schema: pa.Schema) -> pq.ParquetFile:
+    """A part file opened (its footer read) and checked: Parquet, this schema version, these columns."""
+    try:
+        pf = pq.ParquetFile(part)
+    except Exception as exc:
+        raise ResultsError(f"{part}: not a readable Parquet file ({exc}); move it out of {part.parent}") from None
+    version = (pf.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
+    if version != SCHEMA_VERSION:
+        raise ResultsError(f"{part}: schema_version {version}, this sweep reads {SCHEMA_VERSION}")
+    missing = set(schema.names) - set(pf.schema_arrow.names)
+    if missing:
+        raise ResultsError(f"{part}: missing columns {sorted(missing)}")
+    return pf
+
+
+def check_curves(study_dir: Path) -> None:
+    """Refuse (ResultsError, by name) a curves part that `load_curves` could not read, before a
+    session adds to the study: the trials are read whole at start, the curves only here."""
+    for part in _parts(study_dir / "curves"):
+        _open(part, CURVE_COLUMNS)
+
+
 def _read(directory: Path, schema: pa.Schema) -> pa.Table:
     tables = []
     for part in _parts(directory):
+        pf = _open(part, schema)
         try:
-            pf = pq.ParquetFile(part)
-        except Exception as exc:
+            tables.append(pf.read(columns=schema.names).cast(schema))
+        except Exception as exc:  # a footer that reads over damaged data pages
             raise ResultsError(f"{part}: not a readable Parquet file ({exc}); move it out of {directory}") from None
-        version = (pf.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
-        if version != SCHEMA_VERSION:
-            raise ResultsError(f"{part}: schema_version {version}, this sweep reads {SCHEMA_VERSION}")
-        missing = set(schema.names) - set(pf.schema_arrow.names)
-        if missing:
-            raise ResultsError(f"{part}: missing columns {sorted(missing)}")
-        tables.append(pf.read(columns=schema.names).cast(schema))
     if not tables:
         return schema.empty_table()
     return pa.concat_tables(tables)

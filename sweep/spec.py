@@ -29,6 +29,7 @@ import itertools
 import json
 import math
 import re
+import stat
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -63,16 +64,20 @@ STUDY_KEYS = {
     "name": "a plain file name: letters, digits, '.', '_' or '-', at most 100 characters",
     "example": "a catalog id (" + ", ".join(EXAMPLES) + ") or 'module:function'",
     "epochs": "an integer from 1 to 10000",
-    "seeds": "a non-empty list of distinct integers >= 0",
+    "seeds": "a non-empty list of distinct integers from 0 to 4294967295",
     "sampler": " | ".join(SAMPLERS),
     "engine": " | ".join(ENGINES),
-    "data_seed": "an integer >= 0 (the seed of the example's data set)",
+    "data_seed": "an integer from 0 to 4294967295 (the seed of the example's data set)",
     "timeout": "seconds per run, a number > 0",
     "n_trials": "an integer >= 1 (tpe: how many configurations to try)",
 }
 # A plan larger than this is refused unless the user raises the guard (`--max-runs`):
 # a typo in a grid should not start a month of training or fill the driver's memory.
 MAX_RUNS = 200_000
+# Seeds go to numpy's and Keras's generators, which take 32-bit seeds.
+MAX_SEED = 2**32 - 1
+# A study file is a few lines; anything larger is not one (and is not read into memory).
+MAX_FILE_BYTES = 1 << 20
 SECTIONS = ("study", "grid", "verdict", "boundary")
 BOUNDARY_KEYS = {
     "resolution": "a number > 1: the boundary sampler stops bisecting a setting's edge once "
@@ -255,6 +260,8 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS) -> Study:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(path, [("", f"TOML syntax error: {exc}")]) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise SpecError(path, [("", "arrays or tables nested too deeply to be a study file")]) from None
     problems: list[tuple[str, str]] = []
 
     for section in raw:
@@ -306,11 +313,11 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS) -> Study:
         return v
 
     epochs = integer("epochs", catalog_example.epochs if catalog_example else 20, 1, 10000)
-    data_seed = integer("data_seed", 0, 0)
+    data_seed = integer("data_seed", 0, 0, MAX_SEED)
     n_trials = integer("n_trials", None, 1)
 
     seeds = study.get("seeds", [0, 1, 2])
-    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and 0 <= s <= MAX_SEED for s in seeds):
         problems.append(("study.seeds", f"{seeds!r} is not allowed; allowed: {STUDY_KEYS['seeds']}"))
         seeds = None
     elif len(set(seeds)) != len(seeds):
@@ -398,13 +405,27 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS) -> Study:
 
 
 def load(path: str | Path, max_runs: int = MAX_RUNS) -> Study:
+    """Read and check a study file: a regular UTF-8 file of at most MAX_FILE_BYTES.
+
+    Looked at before it is opened, so a directory, a FIFO or a device (/dev/zero) is refused
+    instead of blocking or filling memory."""
     p = Path(path)
     try:
+        st = p.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise SpecError(str(path), [("", "is a directory; give a study file (.toml)")])
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecError(str(path), [("", "is not a regular file (a pipe, socket or device); give a study file (.toml)")])
+        if st.st_size > MAX_FILE_BYTES:
+            raise SpecError(str(path), [("", f"is {st.st_size:,} bytes; a study file is at most {MAX_FILE_BYTES:,}")])
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(str(path), [("", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(str(path), [("", f"cannot read the file: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [("", f"is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                                         "a study file is TOML, which is UTF-8")]) from None
+    except OSError as exc:
+        raise SpecError(str(path), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
     return parse(text, str(path), max_runs)
 
 

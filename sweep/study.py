@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import math
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import maps, reports
+from . import faults, maps, reports
 from .engines import Engine
 from .optuna_study import OptunaRecord
 from .pool import DEFAULT_BATCH_RUNS, LocalPool, engine_name
@@ -60,6 +61,16 @@ class StudyConflict(Exception):
 
 class StudyBusy(Exception):
     """Another driver is running this study."""
+
+
+class ResultsWriteError(Exception):
+    """The results directory stopped taking writes mid-session (full disk, quota, read-only).
+    The driver has stopped cleanly: what was committed is intact, the same command resumes."""
+
+
+# Write failures that mean "no room or no permission": the user can act on them; any other
+# OSError is a bug or a fault elsewhere and keeps its traceback.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM})
 
 
 @dataclass
@@ -113,26 +124,31 @@ def driver_lock(out: Path) -> Iterator[None]:
 def prepare_dir(study: Study, results: str | os.PathLike) -> Path:
     """The study's results directory, created and checked writable, its stored plan agreeing."""
     out = Path(results) / study.name
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise PermissionError(f"{out}: results directory is not writable ({exc.strerror or exc})") from None
     meta_path = out / STUDY_META
     digest = study.plan_digest()
-    if meta_path.exists():
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # One byte, not zero: an empty file takes no block, so a full disk would pass.
+        probe = out / f".write-probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"x")
+        finally:
+            probe.unlink(missing_ok=True)
+        if not meta_path.exists():
+            tmp = meta_path.with_name(f".{STUDY_META}.tmp")
+            tmp.write_text(json.dumps({"name": study.name, "example": study.example, "plan_digest": digest,
+                                       "source": study.path, "study_toml": _source_text(study)}, indent=1))
+            os.replace(tmp, meta_path)
+            return out
         stored = json.loads(meta_path.read_text())
-        if stored.get("plan_digest") != digest:
-            raise StudyConflict(
-                f"{out}: holds study {study.name!r} with a different plan (example, epochs, seeds, grid, "
-                f"data_seed or verdict changed). Use a new study name or another --results directory.")
-    else:
-        tmp = meta_path.with_name(f".{STUDY_META}.tmp")
-        tmp.write_text(json.dumps({"name": study.name, "example": study.example, "plan_digest": digest,
-                                   "source": study.path, "study_toml": _source_text(study)}, indent=1))
-        os.replace(tmp, meta_path)
+    except OSError as exc:
+        raise PermissionError(f"{out}: results directory is not writable ({exc.strerror or exc})") from None
+    except ValueError as exc:  # not JSON: not a study directory this sweep wrote
+        raise StudyConflict(f"{meta_path}: not a study record ({exc}); use another --results directory") from None
+    if not isinstance(stored, dict) or stored.get("plan_digest") != digest:
+        raise StudyConflict(
+            f"{out}: holds study {study.name!r} with a different plan (example, epochs, seeds, grid, "
+            f"data_seed or verdict changed). Use a new study name or another --results directory.")
     return out
 
 
@@ -153,10 +169,31 @@ def run(study: Study, results: str | os.PathLike = "results", *, engine: "str | 
     private local one (`cluster.ray_cluster`). `on_batch` sees the rows of every
     `pool.wait()`, committed or not yet."""
     out = prepare_dir(study, results)
+    try:
+        return _session(study, out, engine, max_trials, address, storage, cpus_per_worker, batch_runs,
+                        on_batch, pool)
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        try:
+            recorded = f"{len(reports.done_rows(out))} runs are recorded and intact"
+        except Exception:  # the report of the failure must not fail
+            recorded = "the runs committed so far are intact"
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ResultsWriteError(
+            f"{out}: cannot write results: {exc.strerror or exc}{where}. The driver stopped; {recorded}; "
+            "runs trained but not yet committed will train again. Make room (or make it writable) and "
+            "run the same command to resume.") from None
+
+
+def _session(study, out, engine, max_trials, address, storage, cpus_per_worker, batch_runs, on_batch,
+             pool) -> Summary:
     with driver_lock(out), contextlib.ExitStack() as stack:
+        faults.point("start")
         started = time.perf_counter()
         reports.tidy(out)
         done = reports.done_rows(out)
+        reports.check_curves(out)
         record = OptunaRecord(out, study, storage)
         summary = Summary(out, planned=planned_runs(study), already_done=len(done))
         summary.reconciled = record.reconcile(done)
@@ -176,6 +213,7 @@ def run(study: Study, results: str | os.PathLike = "results", *, engine: "str | 
     # The maps are a view of trials/: rebuilt whole at the end of every session, resumed or not.
     t0 = time.perf_counter()
     maps.write(out)
+    faults.point("done")
     summary.phases["maps"] = time.perf_counter() - t0
     summary.seconds = time.perf_counter() - started
     return summary
@@ -194,12 +232,14 @@ def _loop(study, out, done, sampler, pool, record, summary, max_trials, batch_ru
     def commit() -> None:
         t0 = time.perf_counter()
         reports.write_batch(out, rows_buf, curves_buf)
+        faults.point("write.trials")
         t1 = time.perf_counter()
         record.record(rows_buf, done)
         phases["write"] += t1 - t0
         phases["record"] += time.perf_counter() - t1
         rows_buf.clear()
         curves_buf.clear()
+        faults.point("committed")
 
     stuck = False
     while True:
@@ -220,6 +260,8 @@ def _loop(study, out, done, sampler, pool, record, summary, max_trials, batch_ru
             phases["propose"] += time.perf_counter() - t0
             pending.extend(new)
             sampler_waits = not new
+            if new:
+                faults.point("propose")
         submitted = False
         while pending and pool.idle():
             n = min(batch_runs, max(1, math.ceil(len(pending) / pool.idle())))
@@ -246,6 +288,7 @@ def _loop(study, out, done, sampler, pool, record, summary, max_trials, batch_ru
                 oldest = time.monotonic()
             rows_buf.append(row)
             curves_buf.extend(curves)
+        faults.point("collected")
         sampler_waits = False
         summary.ran += len(rows)
         summary.counts.update(r["status"] for r in rows)

@@ -34,3 +34,19 @@ def dead_model(activation: str, seed: int):
     ])
     model.compile(loss="binary_crossentropy")
     return model, x, y
+
+
+def raising_model(activation: str, seed: int):
+    raise RuntimeError("the user's builder failed")
+
+
+def no_arguments():
+    return tiny_model("relu", 0)
+
+
+def uncompiled_model(activation: str, seed: int):
+    import keras
+
+    x = np.zeros((8, 4), "float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    return model, x, x[:, :1]  # never compiled: no loss

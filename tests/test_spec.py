@@ -95,7 +95,7 @@ BAD = {
     "name not a string": (study(name="3"), "study.name", "plain file name"),
     "example not a string": (study(example="[1]"), "study.example", "catalog id"),
     "grid not a table": ("grid = 3\n" + study(), "grid", "must be a table"),
-    "data_seed negative": (study(data_seed="-1"), "study.data_seed", "integer >= 0"),
+    "data_seed negative": (study(data_seed="-1"), "study.data_seed", "from 0 to 4294967295"),
 }
 
 

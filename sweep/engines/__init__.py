@@ -109,6 +109,29 @@ def problem(study: "Study", config: "Config", seed: int) -> Problem:
     return Problem(model, x, y, loss_fn, accuracy)
 
 
+def check_builder(study: "Study") -> None:
+    """Call a user builder once (the first configuration and seed) and check what it returns,
+    so that a builder that fails, or returns something that is not a compiled Keras model with
+    its data, is refused (`SpecError` on `study.example`) before any run is written. This runs
+    the user's code, as every run of the study will. Catalog examples need no check.
+
+        >>> from sweep.spec import parse
+        >>> check_builder(parse('[study]\\nname="d"\\nexample="exploding_gradients"', "d.toml"))
+    """
+    if study.example in EXAMPLES:
+        return
+    from ..cluster import import_tensorflow
+    from ..spec import SpecError, STUDY_KEYS
+
+    import_tensorflow()
+    try:
+        problem(study, study.configs()[0], study.seeds[0])
+    except Exception as exc:  # whatever the user's code does wrong, it is their input
+        raise SpecError(study.path, [("study.example", f"calling {study.example!r} failed: {type(exc).__name__}: "
+                                      f"{exc}; allowed: {STUDY_KEYS['example']}, a function (activation: str, "
+                                      "seed: int) -> (keras.Model compiled with its loss, x, y)")]) from None
+
+
 def make_optimizer(config: "Config"):
     """The Keras optimizer of a configuration, with its one kind of clipping."""
     import keras
