@@ -299,7 +299,7 @@ def _grid_learning_rates(study_dir: str) -> list[float] | None:
 
     try:
         meta = json.loads((Path(study_dir) / "study.json").read_text())
-        return sorted(parse(meta["study_toml"]).grid["learning_rate"])
+        return sorted(parse(meta["study_toml"], import_builder=False).grid["learning_rate"])
     except Exception:  # an older or hand-made directory: the map's own learning rates serve
         return None
 

@@ -22,7 +22,8 @@ from .spec import config_from_dict, parse
 
 def study_of(study_dir: Path):
     meta = json.loads((study_dir / "study.json").read_text())
-    return parse(meta["study_toml"], meta.get("source", str(study_dir / "study.json")))
+    # The script names the builder; generating it imports nothing from the results directory.
+    return parse(meta["study_toml"], meta.get("source", str(study_dir / "study.json")), import_builder=False)
 
 
 def script(study_dir: str | Path, trial: int) -> str:

@@ -237,10 +237,12 @@ def _check_axis(axis: str, values: Any, allowed_losses: tuple[str, ...], problem
     return tuple(out) if ok else None
 
 
-def _check_builder(ref: str, problems: list) -> None:
+def _check_builder(ref: str, problems: list, import_builder: bool = True) -> None:
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         problems.append(("study.example", f"{ref!r} is not allowed; allowed: {STUDY_KEYS['example']}"))
+        return
+    if not import_builder:
         return
     try:
         module = importlib.import_module(module_name)
@@ -255,7 +257,12 @@ def _check_builder(ref: str, problems: list) -> None:
                          "(activation: str, seed: int) -> (keras.Model compiled with its loss, x, y)"))
 
 
-def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS) -> Study:
+def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_builder: bool = True) -> Study:
+    """The study of a TOML text, every field checked; `SpecError` lists every problem.
+
+    A `module:function` example is imported to check it (the user's code runs); readers of a
+    results directory pass `import_builder=False`, so that a stored study file never makes
+    them import anything."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -297,7 +304,7 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS) -> Study:
         example_ok = True
     elif ":" in example:
         n = len(problems)
-        _check_builder(example, problems)
+        _check_builder(example, problems, import_builder)
         example_ok = len(problems) == n
     else:
         problems.append(("study.example", f"unknown example {example!r}; allowed: {STUDY_KEYS['example']}"))

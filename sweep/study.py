@@ -124,6 +124,9 @@ def driver_lock(out: Path) -> Iterator[None]:
 def prepare_dir(study: Study, results: str | os.PathLike) -> Path:
     """The study's results directory, created and checked writable, its stored plan agreeing."""
     out = Path(results) / study.name
+    # spec.parse allows plain file names only; a Study made in code is held to the same.
+    if out.parent != Path(results) or study.name in ("", ".", ".."):
+        raise ValueError(f"study name {study.name!r}: not a plain file name, it would leave {results}")
     meta_path = out / STUDY_META
     digest = study.plan_digest()
     try:

@@ -34,6 +34,14 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from sweep import faults  # noqa: E402
+from sweep.pool import LocalPool  # noqa: E402
+
+
+class ScriptedPool(LocalPool):
+    """LocalPool for the scripted engine, which needs no TensorFlow."""
+
+    def __enter__(self) -> "ScriptedPool":
+        return self
 
 # 16 runs: stable and non-finite outcomes on both engines, so the maps have an edge to compare.
 CRASH_STUDY = """[study]
@@ -568,12 +576,7 @@ def recorded_study(results: Path):
     from scripted_engine import ScriptedEngine
 
     from sweep import study as driver
-    from sweep.pool import LocalPool
     from sweep.spec import parse
-
-    class ScriptedPool(LocalPool):
-        def __enter__(self):
-            return self
 
     s = parse(CRASH_STUDY, str(results / "crash.toml"))
     (results / "crash.toml").parent.mkdir(parents=True, exist_ok=True)
@@ -652,11 +655,6 @@ def drive(study_file: str, results: str) -> None:
 
     from sweep import spec
     from sweep import study as driver
-    from sweep.pool import LocalPool
-
-    class ScriptedPool(LocalPool):
-        def __enter__(self):  # the scripted engine needs no TensorFlow
-            return self
 
     driver.COMMIT_ROWS = LOCAL_COMMIT_ROWS
     s = spec.load(study_file)
