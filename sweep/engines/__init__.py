@@ -146,4 +146,8 @@ def get_engine(name: str) -> Engine:
         from .keras_engine import KerasEngine
 
         return KerasEngine()
+    if name == "population":
+        from .population import PopulationEngine
+
+        return PopulationEngine()
     raise ValueError(f"unknown engine {name!r}")

@@ -37,8 +37,9 @@ class Plateau:
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
-        # MonitorCallback._is_improvement: ops.less(current - min_delta, best) on float32 tensors.
-        if self.best is None or np.float32(current - self.min_delta) < np.float32(self.best):
+        # MonitorCallback._is_improvement in mode min: ops.less(current - (-min_delta), best), on
+        # float32 tensors (MonitorCallback negates min_delta when its monitor_op is `less`).
+        if self.best is None or np.float32(current - -self.min_delta) < np.float32(self.best):
             self.best = current
             self.wait = 0
         elif not self.cooldown_counter > 0:

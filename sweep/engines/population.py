@@ -1,44 +1,55 @@
 """The population engine: K runs of one example trained in lockstep by one compiled TensorFlow program.
 
-Every weight of the model becomes one stacked tensor with the runs on its first
-axis ([K, 10, 128], [K, 128], ...), and so does every optimizer slot. Each op of
-the program is batched over that axis (batched matmuls, per-run reductions), so
-runs never mix: the gradient of run k's loss reaches run k's weights only, and a
-run whose loss, gradient or weights turn non-finite is frozen from that step
-(its update is discarded with `tf.where`, which selects and never multiplies, so
-NaN * 0 cannot leak) and recorded as `nan` at that step while the others go on.
+Each run's weights are one flat vector (kernel, bias, kernel, bias, ... as the
+Keras model lists them), and the population's are a stacked [K, P] tensor;
+so are Adam's or RMSprop's slots. Every op of the program is batched over the
+run axis (batched matmuls on [K, B, D] activations, per-run reductions), so
+runs never mix: the gradient of run k's loss reaches run k's weights only, and
+a run whose loss, gradient or updated weights turn non-finite stops there. Its
+outcome records that step; what its weights hold afterwards is never read and
+cannot reach another run, because no op combines runs (so no NaN * 0 can leak:
+even the partial last batch is padded with the batch's own samples and masked
+with `tf.where`, not by multiplication).
 
-The arithmetic is the keras engine's, op for op: the Keras layer's own
-activation functions on `matmul + bias`, Keras's loss functions (binary and
-categorical cross-entropy from the logits a sigmoid/softmax output carries,
-mse) or the catalog's hand-written losses, Keras's clipping formulas
-(`clipnorm` per variable, `global_clipnorm`, `clipvalue`, acting exactly when
-Keras's own tests say they act), the optimizer's `update_step` (Adam with its
-epsilon-hat form, SGD, RMSprop; `step` below), and `ReduceLROnPlateau`'s rules
-kept per run on the host at each epoch end. Initial weights are read from the
-Keras builder under the run's seed (`sweep.engines.problem`), batches follow
-`sweep.engines.batch_order`, so both engines see the same numbers.
+The arithmetic is the keras engine's, op for op: the Keras layers' own
+activation functions on `matmul + bias`, Keras's per-sample loss functions
+(binary and categorical cross-entropy from the logits a sigmoid or softmax
+output carries, mse) or the catalog's hand-written losses, reduced as Keras's
+`sum_over_batch_size` does; Keras's clipping formulas (`clipnorm` per
+variable, `global_clipnorm`, `clipvalue`), counted as acting by the keras
+engine's tests; the optimizer's `update_step` (`step` below: Adam's
+epsilon-hat form, SGD, RMSprop, with Keras's default hyper-parameters); and
+`ReduceLROnPlateau`'s rules per run on the host at every epoch end
+(`plateau.Plateau`). Initial weights are read from the Keras builder under the
+run's seed (`sweep.engines.problem`), batches follow `sweep.engines.batch_order`.
+What differs from the keras engine is float rounding only (a batched matmul
+sums in another order than Keras's 2-D matmul), which tests/test_population.py
+measures against Keras's own sensitivity to rounding.
 
-What varies inside one group (one program): learning rate, schedule (constant
-or plateau), clipping kind and threshold, scaler (each run gathers its batches
-from its own scaled copy of the data), and seed (initial weights, batch order).
-What makes separate groups, because it changes the program's shape or ops:
-activation, batch size, loss, optimizer kind (and the model's layer shapes).
+A group (one program) holds runs of one example that share activation, batch
+size, loss and optimizer kind: those change the program's ops or shapes.
+Inside a group each run has its own learning rate, schedule (constant or
+plateau), clipping kind and threshold, scaler (its batches are gathered from
+its own scaled copy of the data) and seed (initial weights, batch order).
 Models the engine cannot express (a user `module:function` builder, a layer
-that is not a bias-carrying Dense) are trained by the keras engine, and their
-outcomes say `engine="keras"`.
+that is not a plain Dense layer) are trained by the keras engine, run by run,
+and their outcomes say `engine="keras"`.
 
-How K is chosen (`population_size`): a run's footprint is estimated from the
-example's size (weights and optimizer slots with their update temporaries,
-per-step activations, its batch order). On a CPU worker K is the smaller of
-`CPU_MAX_K` (beyond it throughput no longer grows; measured with `sweep bench`)
-and what fits in a quarter of the memory available to the process (MemAvailable,
-bounded by the cgroup limit). On a GPU worker it is the smaller of
-`GPU_MAX_K` and what fits in half of the GPU memory TensorFlow may still
-allocate (the device's memory limit minus `tf.config.experimental.get_memory_info`'s
-current use). A group larger than K is trained as several populations; a
-population that still runs out of memory is split in half and retried, so the
-worker never crashes on it.
+How K is chosen (`population_size`). A run's footprint is estimated from the
+example's size (`bytes_per_run`: weights, gradient and optimizer slots with
+their updated copies, the step's activations, its batch order). On a CPU
+worker K is at most `CPU_MAX_K`: past it the population's weights and slots
+no longer stay in cache and each run costs more (measured: see README
+"Speed"), and several populations run at once, one per TensorFlow CPU thread,
+together within a quarter of the memory available to the process
+(MemAvailable, bounded by the cgroup limit). On a GPU worker K is at most
+`GPU_MAX_K` and one population runs at a time, within half of the GPU memory
+TensorFlow may still allocate (the device's memory limit minus
+`tf.config.experimental.get_memory_info`'s current use). K is then rounded to
+a multiple of 8 and a group larger than K is trained as several populations of
+that same size (the last padded with repeats of a run, whose outcomes are
+dropped): XLA compiles once per group and size. A population that still runs
+out of memory is split in half and retried, so the worker never crashes on it.
 
     >>> from sweep.spec import parse
     >>> from sweep.engines.population import PopulationEngine
@@ -51,16 +62,26 @@ worker never crashes on it.
 from __future__ import annotations
 
 import functools
-import math
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..catalog import EXAMPLES, PLATEAU, make_loss
-from ..spec import Config, Run, Study
+from ..spec import CLIP_AXES, Config, Run, Study
 from . import Outcome, batch_order, example_data, problem
+
+# XLA's CPU tree-reduction rewrite turns each per-run reduction (gradient norm, finiteness test)
+# into a reduce-window with a materialised intermediate, 3-5x slower here than the plain
+# reduction (measured). XLA reads its flags at its first compilation, so this is set on import,
+# before the engine compiles anything; it changes only the summation order of XLA reductions.
+_NO_TREE = "--xla_disable_hlo_passes=tree_reduction_rewriter"
+if "--xla_disable_hlo_passes" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_NO_TREE}".strip()
 
 # Keras's defaults for the optimizers the sweep builds (keras.optimizers.Adam(), SGD(), RMSprop()).
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
@@ -69,15 +90,15 @@ SLOTS = {"adam": ("m", "v"), "sgd": (), "rmsprop": ("velocity",)}
 # ReduceLROnPlateau's arguments beyond the catalog's: Keras's defaults.
 PLATEAU_MIN_DELTA, PLATEAU_COOLDOWN = 1e-4, 0
 
-CPU_MAX_K = 256
+CPU_MAX_K = 48
 GPU_MAX_K = 8192
 CPU_MEMORY_FRACTION = 0.25
 GPU_MEMORY_FRACTION = 0.5
 
-# Losses Keras computes per sample (then sum / batch size, Keras's sum_over_batch_size);
-# they read the logits a sigmoid or softmax output carries, as model.compile's loss does.
+# Keras's per-sample loss functions for the losses it compiles by name.
 KERAS_LOSSES = {"binary_crossentropy": "binary_crossentropy",
                 "categorical_crossentropy": "categorical_crossentropy", "mse": "mean_squared_error"}
+WRITTEN_LOSSES = ("handwritten", "handwritten_clipped")
 
 
 class Unsupported(Exception):
@@ -86,30 +107,58 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class Architecture:
-    """The model as the program sees it: Dense layers (fan-in, units) and their activation functions."""
+    """The model as the program sees it: Dense layers (fan-in, units), their activation functions,
+    and where each variable sits in a run's flat weight vector."""
 
     shapes: tuple[tuple[int, int], ...]
     activations: tuple[Callable, ...]
     accuracy: str
 
     @property
+    def variable_shapes(self) -> list[tuple[int, ...]]:
+        return [s for i, o in self.shapes for s in ((i, o), (o,))]
+
+    @property
     def n_params(self) -> int:
-        return sum(i * o + o for i, o in self.shapes)
+        return sum(int(np.prod(s)) for s in self.variable_shapes)
+
+    @functools.cached_property
+    def segment(self) -> np.ndarray:
+        """The variable index of every entry of the flat vector."""
+        return np.repeat(np.arange(len(self.variable_shapes)), [int(np.prod(s)) for s in self.variable_shapes])
+
+    def views(self, theta):
+        """[K, P] -> the stacked variables [K, *shape], in the model's order."""
+        import tensorflow as tf
+
+        out, start = [], 0
+        for shape in self.variable_shapes:
+            size = int(np.prod(shape))
+            out.append(tf.reshape(theta[:, start:start + size], [-1, *shape]))
+            start += size
+        return out
+
+    @staticmethod
+    def flatten(variables):
+        import tensorflow as tf
+
+        return tf.concat([tf.reshape(v, [tf.shape(v)[0], -1]) for v in variables], axis=1)
 
     def flops_per_sample(self) -> int:
-        """Multiply-adds x 2 of one forward and backward pass (the backward pass costs two matmuls
-        per layer, one for the first layer, whose input gradient is not needed)."""
+        """Floating-point operations of one sample's forward and backward pass through the matmuls:
+        2 per multiply-add, forward once, backward twice (weights' and inputs' gradients) except
+        the first layer's input gradient, which training never needs."""
         forward = sum(2 * i * o for i, o in self.shapes)
-        return forward + 2 * forward - 2 * self.shapes[0][0] * self.shapes[0][1]
+        return 3 * forward - 2 * self.shapes[0][0] * self.shapes[0][1]
 
 
-def read_model(model, accuracy: str) -> tuple[Architecture, list[np.ndarray]]:
-    """The architecture and the initial weights [kernel, bias, kernel, bias, ...] of a Dense stack."""
+def read_model(model, accuracy: str) -> tuple[Architecture, np.ndarray]:
+    """The architecture and the flat initial weights of a Keras stack of plain Dense layers."""
     import keras
 
     shapes, acts, weights = [], [], []
     for layer in model.layers:
-        if type(layer) is not keras.layers.Dense or layer.bias is None or layer.lora_enabled:
+        if type(layer) is not keras.layers.Dense or layer.bias is None or getattr(layer, "lora_enabled", False):
             raise Unsupported(f"layer {layer.name} ({type(layer).__name__}) is not a plain Dense layer with bias")
         if layer.kernel_regularizer or layer.bias_regularizer or layer.activity_regularizer \
                 or layer.kernel_constraint or layer.bias_constraint or layer.dtype != "float32":
@@ -117,137 +166,111 @@ def read_model(model, accuracy: str) -> tuple[Architecture, list[np.ndarray]]:
         kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
         shapes.append(kernel.shape)
         acts.append(layer.activation)
-        weights += [kernel, bias]
+        weights += [kernel.ravel(), bias]
     if not shapes:
         raise Unsupported("model has no layers")
-    return Architecture(tuple(shapes), tuple(acts), accuracy), weights
+    return Architecture(tuple(shapes), tuple(acts), accuracy), np.concatenate(weights)
 
 
-@functools.lru_cache(maxsize=256)
-def _initial(example: str, data_seed: int, activation: str, scaler: str, seed: int):
+@functools.lru_cache(maxsize=512)
+def _initial(example: str, data_seed: int, activation: str, seed: int) -> tuple[Architecture, np.ndarray]:
     from ..spec import config_from_dict
 
-    ex = EXAMPLES[example]
-    config = config_from_dict({**ex.defaults, "activation": activation, "scaler": scaler})
-    study = _StudyView(example, data_seed)
-    p = problem(study, config, seed)  # type: ignore[arg-type]
-    arch, weights = read_model(p.model, p.accuracy)
-    for w in weights:
-        w.setflags(write=False)
-    return arch, weights
+    config = config_from_dict({**EXAMPLES[example].defaults, "activation": activation})
+    p = problem(_StudyView(example, data_seed), config, seed)  # type: ignore[arg-type]
+    arch, theta = read_model(p.model, p.accuracy)
+    theta.setflags(write=False)
+    return arch, theta
 
 
 @dataclass(frozen=True)
 class _StudyView:
-    """What `problem` reads of a study, so that weights can be cached across studies."""
+    """What `problem` reads of a study."""
 
     example: str
     data_seed: int
 
 
-def initial_model(study: Study, config: Config, seed: int) -> tuple[Architecture, list[np.ndarray]]:
-    """The Keras builder's model for this run and seed, read as an architecture and weights.
+_build_lock = threading.Lock()
 
-    The weights depend on the seed and the layers only, so they are built once per
-    (example, activation, seed) and reused by every learning rate, clipping and schedule."""
+
+def initial_model(study: Study, config: Config, seed: int) -> tuple[Architecture, np.ndarray]:
+    """The Keras builder's model for this run and seed, read as an architecture and flat weights.
+
+    They depend on the layers and the seed only (the scaler keeps the feature count), so the
+    model is built once per (example, activation, seed) and shared by every learning rate,
+    clipping, scaler and schedule."""
     if study.example not in EXAMPLES:
         raise Unsupported(f"{study.example} is a user builder")
-    # The scaler never changes the model (features keep their count), so it is not part of the key.
-    return _initial(study.example, study.data_seed, config.activation, "none", seed)
+    with _build_lock:  # keras.utils.set_random_seed is process-wide
+        return _initial(study.example, study.data_seed, config.activation, seed)
 
 
-def group_key(study: Study, config: Config) -> tuple:
-    """Runs with the same key share a program: these axes change its shape or its ops."""
+def group_key(config: Config) -> tuple:
+    """Runs with the same key share a program: these axes change its ops or shapes."""
     return (config.activation, config.batch_size, config.loss, config.optimizer)
 
 
 # ---------------------------------------------------------------------------------------------
-# The math of one step, on stacked tensors. `lr` and the clipping thresholds are [K] vectors.
+# The math of one step, on [K, P] tensors; `lr` and the clipping thresholds are [K] vectors.
 
 
-def _per_run(v, like):
-    """A [K] vector shaped to broadcast against a stacked [K, ...] tensor."""
-    import tensorflow as tf
-
-    return tf.reshape(v, [-1] + [1] * (len(like.shape) - 1))
-
-
-def _sum_per_run(t):
-    import tensorflow as tf
-
-    return tf.reduce_sum(t, axis=list(range(1, len(t.shape))))
-
-
-def clip(grads, squares, clipnorm, global_clipnorm, clipvalue, global_norm, kinds: frozenset):
-    """Keras's `_clip_gradients`, per run (a threshold of 0 means that kind is off, Keras's own
-    test `if self.clipnorm and self.clipnorm > 0`). `squares` holds each variable's per-run sum
-    of squared gradients. Returns the gradients and whether clipping acted, by the keras
-    engine's tests: a variable's norm above `clipnorm`, the global norm above
-    `global_clipnorm`, any component beyond `clipvalue`."""
+def clip(g, arch: Architecture, squares, global_norm, clipnorm, global_clipnorm, clipvalue, kinds: frozenset):
+    """Keras's `BaseOptimizer._clip_gradients` for every run (a threshold of 0 means that kind is
+    off for the run: Keras's own test is `if self.clipnorm and self.clipnorm > 0`). `squares`
+    [K, variables] holds each variable's sum of squared gradients. Returns the gradients and
+    whether clipping acted, by the keras engine's tests: some variable's norm above `clipnorm`,
+    the global norm above `global_clipnorm`, some component beyond `clipvalue`."""
     import tensorflow as tf
 
     acted = tf.zeros_like(clipnorm, dtype=tf.bool)
     if "clipnorm" in kinds:
         on = clipnorm > 0
-        out = []
-        for g, l2sum in zip(grads, squares):
-            # BaseOptimizer._clip_by_norm, with its two-tap where for a zero gradient.
-            pred = l2sum > 0
-            l2norm = tf.where(pred, tf.sqrt(tf.where(pred, l2sum, tf.ones_like(l2sum))), l2sum)
-            c = _per_run(clipnorm, g)
-            clipped = (g * c) / _per_run(tf.maximum(l2norm, clipnorm), g)
-            out.append(tf.where(_per_run(on, g), clipped, g))
-            acted = acted | (on & (l2norm > clipnorm))
-        grads = out
+        # BaseOptimizer._clip_by_norm, variable by variable, with its two-tap where at zero.
+        pred = squares > 0
+        l2norm = tf.where(pred, tf.sqrt(tf.where(pred, squares, tf.ones_like(squares))), squares)
+        c = clipnorm[:, None]
+        denominator = tf.gather(tf.maximum(l2norm, c), arch.segment, axis=1)
+        g = tf.where(on[:, None], (g * c) / denominator, g)
+        acted = acted | (on & tf.reduce_any(l2norm > c, axis=1))
     if "global_clipnorm" in kinds:
         on = global_clipnorm > 0
         # keras.src.optimizers.base_optimizer.clip_by_global_norm
         scale = global_clipnorm * tf.minimum(1.0 / global_norm, 1.0 / global_clipnorm)
         scale = scale + (global_norm - global_norm)
-        grads = [tf.where(_per_run(on, g), g * _per_run(scale, g), g) for g in grads]
+        g = tf.where(on[:, None], g * scale[:, None], g)
         acted = acted | (on & (global_norm > global_clipnorm))
     if "clipvalue" in kinds:
         on = clipvalue > 0
-        out = []
-        for g in grads:
-            v = _per_run(clipvalue, g)
-            out.append(tf.where(_per_run(on, g), tf.clip_by_value(g, -v, v), g))
-            beyond = tf.reduce_any(tf.abs(g) > v, axis=list(range(1, len(g.shape))))
-            acted = acted | (on & beyond)
-        grads = out
-    return grads, acted
+        v = clipvalue[:, None]
+        acted = acted | (on & tf.reduce_any(tf.abs(g) > v, axis=1))
+        g = tf.where(on[:, None], tf.clip_by_value(g, -v, v), g)
+    return g, acted
 
 
-def step(optimizer: str, variables, grads, slots, lr, iteration):
-    """One optimizer update of every run: keras/src/optimizers/{adam,sgd,rmsprop}.py `update_step`,
-    written on stacked tensors. `slots` maps a slot name to its list of stacked tensors;
-    `iteration` is Keras's `optimizer.iterations` before this step. Returns (variables, slots)."""
+def step(optimizer: str, theta, g, slots: dict, lr, iteration):
+    """One optimizer update of every run, keras/src/optimizers/{adam,sgd,rmsprop}.py `update_step`
+    on [K, P] tensors (Keras applies the same arithmetic to each variable, so to the flat vector).
+    `iteration` is Keras's `optimizer.iterations` before this step. Returns (theta, slots)."""
     import tensorflow as tf
 
-    new_vars, new_slots = [], {name: [] for name in slots}
-    for i, (w, g) in enumerate(zip(variables, grads)):
-        rate = _per_run(lr, w)
-        if optimizer == "adam":
-            b1, b2, eps = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
-            local_step = tf.cast(iteration + 1, w.dtype)
-            beta_1_power = tf.pow(tf.constant(b1, w.dtype), local_step)
-            beta_2_power = tf.pow(tf.constant(b2, w.dtype), local_step)
-            alpha = rate * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-            m = slots["m"][i] + (g - slots["m"][i]) * (1 - b1)
-            v = slots["v"][i] + (tf.square(g) - slots["v"][i]) * (1 - b2)
-            new_vars.append(w - (m * alpha) / (tf.sqrt(v) + eps))
-            new_slots["m"].append(m)
-            new_slots["v"].append(v)
-        elif optimizer == "sgd":  # momentum 0: Keras's plain branch
-            new_vars.append(w - g * rate)
-        elif optimizer == "rmsprop":  # rho 0.9, momentum 0, not centered
-            rho, eps = RMSPROP["rho"], RMSPROP["epsilon"]
-            velocity = rho * slots["velocity"][i] + (1 - rho) * tf.square(g)
-            new_vars.append(w - (rate * g) / tf.sqrt(velocity + eps))
-            new_slots["velocity"].append(velocity)
-        else:
-            raise Unsupported(f"optimizer {optimizer!r}")
-    return new_vars, new_slots
+    lr = lr[:, None]
+    if optimizer == "adam":
+        b1, b2, eps = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
+        local_step = tf.cast(iteration + 1, theta.dtype)
+        beta_1_power = tf.pow(tf.constant(b1, theta.dtype), local_step)
+        beta_2_power = tf.pow(tf.constant(b2, theta.dtype), local_step)
+        alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        m = slots["m"] + (g - slots["m"]) * (1 - b1)
+        v = slots["v"] + (tf.square(g) - slots["v"]) * (1 - b2)
+        return theta - (m * alpha) / (tf.sqrt(v) + eps), {"m": m, "v": v}
+    if optimizer == "sgd":  # momentum 0: Keras's plain branch
+        return theta - g * lr, {}
+    if optimizer == "rmsprop":  # rho 0.9, momentum 0, not centered
+        rho, eps = RMSPROP["rho"], RMSPROP["epsilon"]
+        velocity = rho * slots["velocity"] + (1 - rho) * tf.square(g)
+        return theta - (lr * g) / tf.sqrt(velocity + eps), {"velocity": velocity}
+    raise Unsupported(f"optimizer {optimizer!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +279,7 @@ def step(optimizer: str, variables, grads, slots, lr, iteration):
 
 @dataclass(frozen=True)
 class ProgramShape:
-    """Everything a compiled program depends on; equal shapes share one compiled program."""
+    """Everything a compiled program depends on but K; equal shapes share one program."""
 
     arch: Architecture
     loss: str
@@ -267,33 +290,29 @@ class ProgramShape:
     jit: bool
 
 
-def _forward(arch: Architecture, variables, x):
+def forward(arch: Architecture, variables, x):
+    """keras Dense.call for every run: matmul, add the bias, the layer's own activation function."""
+    import tensorflow as tf
+
     h = x
-    for (kernel, bias), activation in zip(zip(variables[0::2], variables[1::2]), arch.activations):
-        # keras Dense.call: matmul, add bias, activation (the layer's own function object).
-        h = activation(tf_matmul(h, kernel) + bias[:, None, :])
+    for kernel, bias, activation in zip(variables[0::2], variables[1::2], arch.activations):
+        h = activation(tf.matmul(h, kernel) + bias[:, None, :])
     return h
 
 
-def tf_matmul(a, b):
-    import tensorflow as tf
+def per_sample_loss(name: str) -> Callable:
+    """The loss of every sample of every run, [K, B], from targets and predictions [K, B, out].
 
-    return tf.matmul(a, b)
-
-
-def _per_sample_loss(name: str) -> Callable:
-    """The loss of every sample of every run, [K, B], from stacked targets and predictions [K, B, out].
-
-    Every loss the catalog offers is a mean over the batch of a per-sample value, so the batch
-    loss is the masked mean of these (the partial last batch is padded, see `Program`)."""
+    Every loss the catalog offers is a batch mean of a per-sample value; the batch loss is
+    their mean over the batch's real samples (`masked_mean`)."""
     import keras
     import tensorflow as tf
 
     if name in KERAS_LOSSES:
-        # keras.losses.binary_crossentropy & co.: the per-sample values Keras's Loss reduces with
-        # sum_over_batch_size; they read the logits a sigmoid or softmax output carries.
+        # The values keras.losses.*Crossentropy reduces with sum_over_batch_size; they read the
+        # logits that a sigmoid or softmax output carries, exactly as model.compile's loss does.
         return getattr(keras.losses, KERAS_LOSSES[name])
-    written = make_loss(name)  # written for one run's (y, pred); each sample is a batch of one
+    written = make_loss(name)  # written for one run's batch; here each sample is a batch of one
 
     def per_sample(y, pred):
         flat = tf.vectorized_map(lambda t: written(t[0][None], t[1][None]),
@@ -303,7 +322,7 @@ def _per_sample_loss(name: str) -> Callable:
     return per_sample
 
 
-def _per_sample_accuracy(kind: str) -> Callable:
+def per_sample_accuracy(kind: str) -> Callable:
     """What metrics=["accuracy"] computes for every sample of every run, [K, B]."""
     import keras
     import tensorflow as tf
@@ -317,9 +336,9 @@ def _per_sample_accuracy(kind: str) -> Callable:
     return accuracy
 
 
-def _masked_mean(values, valid, count):
-    """Mean over the batch axis of [K, B] values where `valid` [B]; `tf.where`, never a product,
-    so a padded sample's non-finite value cannot leak in."""
+def masked_mean(values, valid, count):
+    """Mean over the batch axis of [K, B] values where `valid` [B]; selected with `tf.where`, never
+    multiplied by a mask, so a padded sample's non-finite value cannot leak in."""
     import tensorflow as tf
 
     return tf.reduce_sum(tf.where(valid[None, :], values, tf.zeros_like(values)), axis=1) / count
@@ -328,54 +347,55 @@ def _masked_mean(values, valid, count):
 class Program:
     """The compiled functions of one group: the initial evaluation and one whole epoch.
 
-    Every step of an epoch has the same shape: the partial last batch (1000 samples in batches
-    of 32 leave 8) is padded to the batch size with repeats of its own samples and masked out
-    of the loss, so padding adds no value the batch does not already hold and the epoch is one
-    loop over one step body (one body to trace and compile, not two)."""
+    Every step of an epoch has one shape: the partial last batch (1000 samples in batches of 32
+    leave 8) is padded to the batch size with repeats of its own samples, which the loss and
+    accuracy leave out, so padding adds no value the batch does not already hold and an epoch
+    is one loop over one step body (one body to trace and compile, not two)."""
 
     def __init__(self, shape: ProgramShape):
         import tensorflow as tf
 
         self.shape = shape
-        self.loss = _per_sample_loss(shape.loss)
-        self.accuracy = _per_sample_accuracy(shape.arch.accuracy)
+        self.loss = per_sample_loss(shape.loss)
+        self.accuracy = per_sample_accuracy(shape.arch.accuracy)
         self.initial = tf.function(self._initial, reduce_retracing=True)
         self.epoch = tf.function(self._epoch, jit_compile=shape.jit, reduce_retracing=not shape.jit)
 
-    def _initial(self, variables, x, y):
-        """l0 and the initial accuracy of every run on its whole training set [K, n, ...]."""
+    def _initial(self, theta, x, y):
+        """l0 and the initial accuracy of every run on its whole training set x [K, n, features]."""
         import tensorflow as tf
 
-        pred = _forward(self.shape.arch, variables, x)
+        pred = forward(self.shape.arch, self.shape.arch.views(theta), x)
         n = tf.cast(tf.shape(x)[1], tf.float32)
         return tf.reduce_sum(self.loss(y, pred), axis=1) / n, tf.reduce_sum(self.accuracy(y, pred), axis=1) / n
 
-    def _train_step(self, variables, slots, iteration, xb, yb, valid, count, lr, clipnorm, global_clipnorm,
-                    clipvalue):
-        """One step of every run: loss, gradients, clipping, update, and the finiteness test."""
+    def _train_step(self, theta, slots, iteration, xb, yb, valid, count, lr, clipnorm, global_clipnorm, clipvalue):
+        """One step of every run: loss, gradient, clipping, update, and the finiteness test."""
         import tensorflow as tf
 
+        arch = self.shape.arch
+        variables = arch.views(theta)
         with tf.GradientTape() as tape:
             tape.watch(variables)
-            pred = _forward(self.shape.arch, variables, xb)
-            loss = _masked_mean(self.loss(yb, pred), valid, count)
+            pred = forward(arch, variables, xb)
+            loss = masked_mean(self.loss(yb, pred), valid, count)
             # The sum's gradient with respect to run k's weights is run k's own gradient.
             total = tf.reduce_sum(loss)
         grads = tape.gradient(total, variables)
-        squares = [_sum_per_run(tf.square(g)) for g in grads]
-        norm = tf.sqrt(tf.add_n(squares))
-        grads, acted = clip(grads, squares, clipnorm, global_clipnorm, clipvalue, norm, self.shape.clip_kinds)
-        variables, slots = step(self.shape.optimizer, variables, grads, slots, lr, iteration)
-        # No run's arithmetic touches another's, so a run that turned non-finite is simply never
-        # read again: its outcome stops at this step, whatever its weights hold afterwards. (Masking
-        # its update with tf.where would cost a pass over every weight and slot at every step.)
-        finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
-        for w in variables:
-            finite = finite & tf.reduce_all(tf.math.is_finite(w), axis=list(range(1, len(w.shape))))
-        accuracy = _masked_mean(self.accuracy(yb, pred), valid, count)
-        return variables, slots, loss, accuracy, norm, acted, finite
+        g = arch.flatten(grads)
+        if "clipnorm" in self.shape.clip_kinds:
+            squares = tf.stack([tf.reduce_sum(tf.square(tf.reshape(v, [tf.shape(v)[0], -1])), axis=1)
+                                for v in grads], axis=1)
+            norm = tf.sqrt(tf.reduce_sum(squares, axis=1))
+        else:
+            squares, norm = None, tf.sqrt(tf.reduce_sum(tf.square(g), axis=1))
+        g, acted = clip(g, arch, squares, norm, clipnorm, global_clipnorm, clipvalue, self.shape.clip_kinds)
+        theta, slots = step(self.shape.optimizer, theta, g, slots, lr, iteration)
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(norm) & tf.reduce_all(tf.math.is_finite(theta), axis=1)
+        accuracy = masked_mean(self.accuracy(yb, pred), valid, count)
+        return theta, slots, loss, accuracy, norm, acted, finite
 
-    def _epoch(self, variables, slots, alive, first_step, order, x, y, lr, clipnorm, global_clipnorm, clipvalue):
+    def _epoch(self, theta, slots, alive, first_step, order, x, y, lr, clipnorm, global_clipnorm, clipvalue):
         """Train every run through one epoch. `order` [K, steps x B] holds each run's row indices
         into x, y in its batch order, the last batch padded; `first_step` is the global index of
         the epoch's first step. Returns the new state and the epoch's per-run telemetry."""
@@ -393,11 +413,10 @@ class Program:
             idx = tf.slice(order, tf.stack([0, s * B]), [-1, B])
             valid = s * B + tf.range(B) < n
             size = tf.minimum(B, n - s * B)
-            count = tf.cast(size, tf.float32)
             iteration = first_step + s
-            variables, slots, loss, acc, norm, acted, finite = self._train_step(
-                variables, slots, iteration, tf.gather(x, idx), tf.gather(y, idx), valid, count, lr,
-                clipnorm, global_clipnorm, clipvalue)
+            theta, slots, loss, acc, norm, acted, finite = self._train_step(
+                theta, slots, iteration, tf.gather(x, idx), tf.gather(y, idx), valid, tf.cast(size, tf.float32),
+                lr, clipnorm, global_clipnorm, clipvalue)
             # The keras engine's bookkeeping: the step that turned non-finite still counts in its
             # epoch's loss, accuracy and norm, then the run stops.
             w = tf.cast(size, f64)
@@ -412,7 +431,7 @@ class Program:
             )
             norms = norms.write(s, norm)
             alive = alive & finite
-        return variables, slots, alive, stats, norms.stack()
+        return theta, slots, alive, stats, norms.stack()
 
 
 @functools.lru_cache(maxsize=64)
@@ -422,10 +441,10 @@ def program(shape: ProgramShape) -> Program:
 
 
 # ---------------------------------------------------------------------------------------------
-# How many runs one program holds.
+# How many runs one program holds, and how many programs run at once.
 
 
-def _available_host_memory() -> int:
+def available_host_memory() -> int:
     """Bytes this process may still allocate: MemAvailable, bounded by a cgroup limit if any."""
     available = None
     try:
@@ -451,7 +470,7 @@ def _available_host_memory() -> int:
     return available if available is not None else 2 << 30
 
 
-def _gpu_free_memory() -> int | None:
+def gpu_free_memory() -> int | None:
     """Bytes TensorFlow may still allocate on the first GPU, or None on a CPU worker."""
     import tensorflow as tf
 
@@ -464,13 +483,23 @@ def _gpu_free_memory() -> int | None:
     return max(limit - used, 0)
 
 
+def concurrent_populations() -> int:
+    """Populations trained at once: one per TensorFlow CPU thread (XLA runs much of a small
+    program on one thread), one on a GPU."""
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        return 1
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    return max(1, threads or len(os.sched_getaffinity(0)))
+
+
 def bytes_per_run(arch: Architecture, batch_size: int, n: int, optimizer: str) -> int:
     """A generous estimate of one run's share of a program's memory, in bytes (float32).
 
-    Weights, gradients, optimizer slots, their updated copies and the update's temporaries
-    (about 8 + 2 x slots copies of the weights), the step's activations and their gradients
-    (4 copies of every layer's output, plus the gathered batch), the run's batch order, and
-    its share of the initial evaluation on the whole training set (done in slices)."""
+    Weights, gradient and slots with the update's new copies and temporaries (8 + 2 x slots
+    copies of the weights), the step's activations and their gradients (4 copies of every
+    layer's output and of the gathered batch), and its batch order (int32)."""
     widths = arch.shapes[0][0] + sum(o for _, o in arch.shapes)
     floats = (8 + 2 * len(SLOTS[optimizer])) * arch.n_params + 4 * batch_size * widths + n
     return 4 * floats
@@ -478,27 +507,32 @@ def bytes_per_run(arch: Architecture, batch_size: int, n: int, optimizer: str) -
 
 def population_size(arch: Architecture, batch_size: int, n: int, optimizer: str,
                     max_k: int | None = None) -> int:
-    """K for this group on this worker: the device's useful maximum, bounded by its free memory."""
+    """K on this worker: the device's useful maximum, bounded by its free memory."""
     per_run = bytes_per_run(arch, batch_size, n, optimizer)
-    gpu_free = _gpu_free_memory()
+    gpu_free = gpu_free_memory()
     if gpu_free is not None:
         k = min(GPU_MAX_K, int(GPU_MEMORY_FRACTION * gpu_free) // per_run)
     else:
-        k = min(CPU_MAX_K, int(CPU_MEMORY_FRACTION * _available_host_memory()) // per_run)
+        budget = CPU_MEMORY_FRACTION * available_host_memory() / concurrent_populations()
+        k = min(CPU_MAX_K, int(budget) // per_run)
     if max_k is not None:
         k = min(k, max_k)
     return max(k, 1)
 
 
-# ---------------------------------------------------------------------------------------------
-# The engine.
+def populations(members: list, k: int) -> tuple[int, list[list]]:
+    """Cut a group into populations of one size (a multiple of 8 when above 8, at most
+    max(k, 8)) with as little padding as that allows. Returns the size and the parts.
 
-
-def _split(items: list, k: int) -> list[list]:
-    """`items` in ceil(len / k) nearly equal parts (equal parts keep one compiled shape busy)."""
-    parts = -(-len(items) // k)
-    size = -(-len(items) // parts)
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    >>> populations(list(range(44)), 32)
+    (24, [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23], [24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43]])
+    """
+    parts = -(-len(members) // k)
+    size = -(-len(members) // parts)
+    if size > 8:
+        size = min(-(-size // 8) * 8, max(k, 8))
+        parts = -(-len(members) // size)
+    return size, [members[i:i + size] for i in range(0, len(members), size)]
 
 
 def pad_last_batch(order: np.ndarray, batch_size: int) -> np.ndarray:
@@ -508,20 +542,24 @@ def pad_last_batch(order: np.ndarray, batch_size: int) -> np.ndarray:
     [[5, 6, 7, 8, 9, 9]]
     """
     n = order.shape[1]
-    last = n - n % batch_size if n % batch_size else n
     missing = (-n) % batch_size
     if not missing:
         return order
-    fill = np.resize(order[:, last:].T, (missing, order.shape[0])).T
+    fill = np.resize(order[:, n - n % batch_size:].T, (missing, order.shape[0])).T
     return np.concatenate([order, fill], axis=1)
 
 
-class PopulationEngine:
-    """Trains runs in groups of K, one compiled program per group shape (see the module docstring).
+# ---------------------------------------------------------------------------------------------
+# The engine.
 
-    `jit` compiles the epoch with XLA (default: on; `sweep bench` measures both); `max_k` caps K."""
+
+class PopulationEngine:
+    """Trains runs in populations of K, one compiled program per group (see the module docstring).
+
+    `jit=False` runs the same program without XLA; `max_k` caps K."""
 
     name = "population"
+    batched = True
 
     def __init__(self, jit: bool = True, max_k: int | None = None):
         self.jit, self.max_k = jit, max_k
@@ -533,7 +571,7 @@ class PopulationEngine:
         for i, run in enumerate(runs):
             try:
                 self.check(study, run)
-                groups.setdefault(group_key(study, run.config), []).append(i)
+                groups.setdefault(group_key(run.config), []).append(i)
             except Unsupported:
                 on_keras.append(i)
         if on_keras:
@@ -541,14 +579,33 @@ class PopulationEngine:
 
             for i, outcome in zip(on_keras, KerasEngine().train(study, [runs[i] for i in on_keras])):
                 results[i] = outcome
+
+        started = time.perf_counter()
+        work = []  # (real runs' indices, population of runs padded to its group's size)
         for members in groups.values():
-            arch, _ = initial_model(study, runs[members[0]].config, runs[members[0]].seed)
-            config = runs[members[0]].config
+            first = runs[members[0]]
+            arch, _ = initial_model(study, first.config, first.seed)
             n = len(example_data(study.example, study.data_seed, "none")[0])
-            k = population_size(arch, config.batch_size, n, config.optimizer, self.max_k)
-            for part in _split(members, k):
-                for i, outcome in zip(part, self._train_fitting(study, [runs[i] for i in part])):
+            k = population_size(arch, first.config.batch_size, n, first.config.optimizer, self.max_k)
+            size, parts = populations(members, k)
+            # A group's clipping kinds are fixed for all its populations: one program per group.
+            kinds = frozenset(a for a in CLIP_AXES if any(getattr(runs[i].config, a) is not None for i in members))
+            for part in parts:
+                padded = [runs[i] for i in part] + [runs[part[-1]]] * (size - len(part))
+                work.append((part, padded, kinds))
+        with ThreadPoolExecutor(max_workers=concurrent_populations()) as pool:
+            done = pool.map(lambda w: self._train_fitting(study, w[1], w[2]), work)
+            for (part, _, _), outcomes in zip(work, done):
+                for i, outcome in zip(part, outcomes):
                     results[i] = outcome
+        # Populations ran side by side: scale the runs' shares so that they add up to the time
+        # this call took, keeping each population's own division among its runs.
+        trained = [r for r in results if isinstance(r, Outcome) and r.engine == self.name]
+        total = sum(r.wall_seconds for r in trained)
+        if total > 0:
+            scale = (time.perf_counter() - started) / total
+            for r in trained:
+                r.wall_seconds *= scale
         return results  # type: ignore[return-value]
 
     @staticmethod
@@ -559,25 +616,26 @@ class PopulationEngine:
             raise Unsupported(f"{study.example}: user builders run on the keras engine")
         if c.optimizer not in SLOTS:
             raise Unsupported(f"optimizer {c.optimizer!r}")
-        if c.loss not in KERAS_LOSSES and c.loss not in ("handwritten", "handwritten_clipped"):
+        if c.loss not in KERAS_LOSSES and c.loss not in WRITTEN_LOSSES:
             raise Unsupported(f"loss {c.loss!r}")
         initial_model(study, c, run.seed)  # raises Unsupported for layers it cannot express
 
-    def _train_fitting(self, study: Study, runs: list[Run]) -> list[Outcome | BaseException]:
+    def _train_fitting(self, study: Study, runs: list[Run], kinds: frozenset) -> list[Outcome | BaseException]:
         """Train one population; if it runs out of memory, train its halves instead."""
         import tensorflow as tf
 
         try:
-            return train_population(study, runs, jit=self.jit)
+            return train_population(study, runs, jit=self.jit, clip_kinds=kinds)
         except tf.errors.ResourceExhaustedError as exc:
             if len(runs) == 1:
                 return [exc]
             half = len(runs) // 2
-            return self._train_fitting(study, runs[:half]) + self._train_fitting(study, runs[half:])
+            return self._train_fitting(study, runs[:half], kinds) + self._train_fitting(study, runs[half:], kinds)
 
 
-def train_population(study: Study, runs: Sequence[Run], jit: bool = True) -> list[Outcome]:
-    """Train runs of one group in lockstep; returns their outcomes in order."""
+def train_population(study: Study, runs: Sequence[Run], jit: bool = True,
+                     clip_kinds: frozenset | None = None) -> list[Outcome]:
+    """Train the runs of one group in lockstep; returns their outcomes in order."""
     import tensorflow as tf
 
     from .plateau import Plateau
@@ -588,10 +646,10 @@ def train_population(study: Study, runs: Sequence[Run], jit: bool = True) -> lis
     c0 = configs[0]
     models = [initial_model(study, c, r.seed) for c, r in zip(configs, runs)]
     arch = models[0][0]
-    variables = [tf.constant(np.stack([w[i] for _, w in models])) for i in range(len(models[0][1]))]
-    slots = {name: [tf.zeros_like(v) for v in variables] for name in SLOTS[c0.optimizer]}
+    theta = tf.constant(np.stack([w for _, w in models]))
+    slots = {name: tf.zeros_like(theta) for name in SLOTS[c0.optimizer]}
 
-    # Every scaler a run asks for gets its own copy of the data; a run's rows start at its offset.
+    # Each scaler a run asks for has its own copy of the data; a run's rows start at its offset.
     scalers = sorted({c.scaler for c in configs})
     data = [example_data(study.example, study.data_seed, s) for s in scalers]
     n = len(data[0][0])
@@ -599,27 +657,22 @@ def train_population(study: Study, runs: Sequence[Run], jit: bool = True) -> lis
     y = tf.constant(np.concatenate([d[1] for d in data]).astype(np.float32))
     offset = np.array([scalers.index(c.scaler) * n for c in configs], dtype=np.int32)
 
-    kinds = frozenset(k for k in ("clipnorm", "global_clipnorm", "clipvalue")
-                      if any(getattr(c, k) is not None for c in configs))
-    prog = program(ProgramShape(arch, c0.loss, c0.optimizer, c0.batch_size, n, kinds, jit))
+    if clip_kinds is None:
+        clip_kinds = frozenset(a for a in CLIP_AXES if any(getattr(c, a) is not None for c in configs))
+    prog = program(ProgramShape(arch, c0.loss, c0.optimizer, c0.batch_size, n, clip_kinds, jit))
 
     def per_run(axis: str) -> tf.Tensor:
         return tf.constant(np.array([getattr(c, axis) or 0.0 for c in configs], dtype=np.float32))
 
     clipnorm, global_clipnorm, clipvalue = per_run("clipnorm"), per_run("global_clipnorm"), per_run("clipvalue")
 
-    # l0 on the whole training set, a slice of runs at a time (each needs its own n x width activations).
-    loss0, acc0 = [], []
+    # l0 on the whole training set, some runs at a time (each needs n x width activations).
     rows = np.arange(n, dtype=np.int32)
     per_slice = max(1, int(64e6 // (4 * n * (arch.shapes[0][0] + sum(o for _, o in arch.shapes)))))
-    for a in range(0, K, per_slice):
-        b = min(K, a + per_slice)
-        xs = tf.gather(x, offset[a:b, None] + rows)
-        ys = tf.gather(y, offset[a:b, None] + rows)
-        l, acc = prog.initial([v[a:b] for v in variables], xs, ys)
-        loss0.append(l.numpy())
-        acc0.append(acc.numpy())
-    l0, a0 = np.concatenate(loss0), np.concatenate(acc0)
+    initial = [prog.initial(theta[a:a + per_slice], tf.gather(x, offset[a:a + per_slice, None] + rows),
+                            tf.gather(y, offset[a:a + per_slice, None] + rows)) for a in range(0, K, per_slice)]
+    l0 = np.concatenate([l.numpy() for l, _ in initial])
+    a0 = np.concatenate([a.numpy() for _, a in initial])
 
     outcomes = [Outcome(initial_loss=float(l0[k]), initial_accuracy=float(a0[k]), engine="population")
                 for k in range(K)]
@@ -630,7 +683,7 @@ def train_population(study: Study, runs: Sequence[Run], jit: bool = True) -> lis
     plateaus = [Plateau(**PLATEAU, min_delta=PLATEAU_MIN_DELTA, cooldown=PLATEAU_COOLDOWN)
                 if c.schedule == "plateau" else None for c in configs]
     norms: list[list[np.ndarray]] = [[] for _ in range(K)]
-    # Wall time: setup is shared by all runs, an epoch by the runs still training in it.
+    # Wall time: the set-up is shared by all runs, an epoch by the runs still training in it.
     wall = np.full(K, (time.perf_counter() - started) / K)
 
     B = c0.batch_size
@@ -643,10 +696,9 @@ def train_population(study: Study, runs: Sequence[Run], jit: bool = True) -> lis
             break
         t0 = time.perf_counter()
         perms = {s: batch_order(s, epoch, n) for s in {r.seed for r in runs}}
-        order = np.stack([offset[k] + perms[runs[k].seed] for k in range(K)]).astype(np.int32)
-        order = pad_last_batch(order, B)
-        variables, slots, alive_t, stats, step_norms = prog.epoch(
-            variables, slots, alive_t, tf.constant(steps_done, tf.int32), tf.constant(order), x, y,
+        order = pad_last_batch(np.stack([offset[k] + perms[runs[k].seed] for k in range(K)]).astype(np.int32), B)
+        theta, slots, alive_t, stats, step_norms = prog.epoch(
+            theta, slots, alive_t, tf.constant(steps_done, tf.int32), tf.constant(order), x, y,
             tf.constant(lr), clipnorm, global_clipnorm, clipvalue)
         stats = {name: t.numpy() for name, t in stats.items()}
         step_norms = step_norms.numpy()
