@@ -263,6 +263,29 @@ def reproduce(quick: bool, results_dir: str, engine: str | None) -> None:
     click.echo(f"wrote {Path(results_dir) / 'claims.parquet'} and {Path(results_dir) / 'REPORT.md'}")
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="CI form: 8 configurations, 3 epochs, 2 runs in the loops (not reference figures).")
+@click.option("--results", "results_dir", default="results", show_default=True, help="bench.parquet goes here.")
+def bench(quick: bool, results_dir: str) -> None:
+    """Time the population engine, the keras engine through the pool and the plain Keras loop on
+    the same configurations; the last line is `speedup: N.Nx` (population / plain loop)."""
+    from .bench import run_bench, speedup
+
+    measurements = run_bench(quick=quick, results=results_dir, progress=lambda s: click.echo(s, err=True))
+    table = Table(title=f"sweep bench{' --quick' if quick else ''}: exploding_gradients, written to "
+                        f"{Path(results_dir) / 'bench.parquet'}")
+    for c in ("measurement", "runs", "seconds", "runs/s", "GFLOP/s", "of ceiling", "peak RSS MiB", "how"):
+        table.add_column(c, justify="left" if c in ("measurement", "how") else "right", overflow="fold")
+    for m in measurements:
+        table.add_row(m.measurement, str(m.runs) if m.runs else "-", f"{m.seconds:.2f}",
+                      f"{m.runs_per_s:.2f}" if m.runs_per_s else "-",
+                      f"{m.gflop_per_s:.1f}" if m.gflop_per_s else "-",
+                      f"{m.ceiling_fraction:.0%}" if m.ceiling_fraction else "-",
+                      f"{m.peak_rss_mib:.0f}" if m.peak_rss_mib else "-", m.detail)
+    console.print(table)
+    click.echo(f"speedup: {speedup(measurements):.1f}x")
+
+
 # One character per learning rate in `sweep map`'s strip, so a setting's whole row reads at a glance.
 STRIP = {"stable": "+", "unstable": "~", "stalled": "-", "diverged": "^", "nan": "N", "error": "!", "timeout": "!"}
 

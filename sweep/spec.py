@@ -332,7 +332,7 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_
         seeds = None
 
     choices = {}
-    for key, allowed, default in (("sampler", SAMPLERS, "grid"), ("engine", ENGINES, "keras")):
+    for key, allowed, default in (("sampler", SAMPLERS, "grid"), ("engine", ENGINES, "population")):
         v = study.get(key, default)
         if v not in allowed:
             problems.append((f"study.{key}", f"{v!r} is not allowed; allowed: {' | '.join(allowed)}"))
