@@ -359,7 +359,8 @@ class Program:
         self.loss = per_sample_loss(shape.loss)
         self.accuracy = per_sample_accuracy(shape.arch.accuracy)
         self.initial = tf.function(self._initial, reduce_retracing=True)
-        self.epoch = tf.function(self._epoch, jit_compile=shape.jit, reduce_retracing=not shape.jit)
+        self.epoch = tf.function(self._epoch, jit_compile=shape.jit, reduce_retracing=not shape.jit,
+                                 autograph=False)
 
     def _initial(self, theta, x, y):
         """l0 and the initial accuracy of every run on its whole training set x [K, n, features]."""
@@ -409,7 +410,7 @@ class Program:
                      norm_max=tf.zeros([k], tf.float32), clipped=tf.zeros([k], tf.int32),
                      dead_at=tf.fill([k], tf.constant(-1, tf.int32)))
         norms = tf.TensorArray(tf.float32, size=n_steps)
-        for s in tf.range(n_steps):
+        def one_step(s, theta, slots, alive, stats, norms):
             idx = tf.slice(order, tf.stack([0, s * B]), [-1, B])
             valid = s * B + tf.range(B) < n
             size = tf.minimum(B, n - s * B)
@@ -429,8 +430,11 @@ class Program:
                 clipped=stats["clipped"] + tf.cast(alive & finite & acted, tf.int32),
                 dead_at=tf.where(alive & ~finite, iteration, stats["dead_at"]),
             )
-            norms = norms.write(s, norm)
-            alive = alive & finite
+            return s + 1, theta, slots, alive & finite, stats, norms.write(s, norm)
+
+        # An explicit while loop (the function is traced without AutoGraph: faster to trace).
+        _, theta, slots, alive, stats, norms = tf.while_loop(
+            lambda s, *_: s < n_steps, one_step, (tf.constant(0), theta, slots, alive, stats, norms))
         return theta, slots, alive, stats, norms.stack()
 
 
