@@ -273,15 +273,16 @@ def bench(quick: bool, results_dir: str) -> None:
 
     measurements = run_bench(quick=quick, results=results_dir, progress=lambda s: click.echo(s, err=True))
     table = Table(title=f"sweep bench{' --quick' if quick else ''}: exploding_gradients, written to "
-                        f"{Path(results_dir) / 'bench.parquet'}")
-    for c in ("measurement", "runs", "seconds", "runs/s", "GFLOP/s", "of ceiling", "peak RSS MiB", "how"):
-        table.add_column(c, justify="left" if c in ("measurement", "how") else "right", overflow="fold")
+                        f"{Path(results_dir) / 'bench.parquet'}",
+                  caption="\n".join(f"{m.measurement}: {m.detail}" for m in measurements), caption_justify="left")
+    for c in ("measurement", "runs", "seconds", "runs/s", "GFLOP/s", "of ceiling", "peak RSS MiB"):
+        table.add_column(c, justify="left" if c == "measurement" else "right", no_wrap=True)
     for m in measurements:
         table.add_row(m.measurement, str(m.runs) if m.runs else "-", f"{m.seconds:.2f}",
                       f"{m.runs_per_s:.2f}" if m.runs_per_s else "-",
                       f"{m.gflop_per_s:.1f}" if m.gflop_per_s else "-",
                       f"{m.ceiling_fraction:.0%}" if m.ceiling_fraction else "-",
-                      f"{m.peak_rss_mib:.0f}" if m.peak_rss_mib else "-", m.detail)
+                      f"{m.peak_rss_mib:.0f}" if m.peak_rss_mib else "-")
     console.print(table)
     click.echo(f"speedup: {speedup(measurements):.1f}x")
 
