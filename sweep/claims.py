@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from . import __version__, maps, reports
 from .catalog import EXAMPLES, Example, direct_evaluation
 from .spec import SETTING_AXES, Study, config_from_dict, load, parse
+from .spec import format_value as _fmt
 from .verdict import ORCHESTRATOR_STATUSES, STATUSES
 
 CLAIMS_FILE = "claims.parquet"
@@ -64,14 +65,6 @@ CLAIM_COLUMNS = pa.schema([
     ("note", pa.string()),
     ("study", pa.string()),  # the study directory under DIR whose runs were measured
 ])
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "none"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
 
 
 def describe(example: Example, overrides: dict) -> str:

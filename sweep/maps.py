@@ -45,10 +45,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import faults
-from .reports import CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, load_trials, write_atomic
+from .reports import CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, load_trials, open_checked, write_atomic
 from .spec import AXES, SETTING_AXES
 from .verdict import ORCHESTRATOR_STATUSES, STATUSES
 
@@ -257,17 +256,7 @@ def _rows(df: pd.DataFrame) -> list[dict]:
 def _load(path: Path, schema: pa.Schema) -> pd.DataFrame:
     if not path.is_file():
         raise ResultsError(f"{path}: no such file; a finished study writes it (or run `sweep map {path.parent}`)")
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:
-        raise ResultsError(f"{path}: not a readable Parquet file ({exc})") from None
-    version = (pf.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
-    if version != SCHEMA_VERSION:
-        raise ResultsError(f"{path}: schema_version {version}, this sweep reads {SCHEMA_VERSION}")
-    missing = set(schema.names) - set(pf.schema_arrow.names)
-    if missing:
-        raise ResultsError(f"{path}: missing columns {sorted(missing)}")
-    return _typed_map(pf.read(columns=schema.names).cast(schema))
+    return _typed_map(open_checked(path, schema).read(columns=schema.names).cast(schema))
 
 
 def load_map(path: str | os.PathLike) -> pd.DataFrame:

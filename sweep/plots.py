@@ -28,20 +28,13 @@ from matplotlib.figure import Figure
 from . import maps, reports
 from .catalog import EXAMPLES, Example
 from .spec import CLIP_AXES, SETTING_AXES, config_from_dict
+from .spec import format_value as _fmt
 
 PLOTS_DIR = "plots"
 FACET_AXES = ("activation", "scaler")
 # Colours of the statuses in curve plots, worst first like verdict.STATUSES.
 STATUS_COLOURS = {"nan": "#d62728", "diverged": "#ff7f0e", "stalled": "#7f7f7f", "unstable": "#bcbd22",
                   "stable": "#2ca02c", "error": "#9467bd", "timeout": "#8c564b"}
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "none"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
 
 
 def _varying(df: pd.DataFrame, axes) -> list[str]:

@@ -233,8 +233,8 @@ def _parts(directory: Path) -> list[Path]:
     return parts
 
 
-def _open(part: Path, schema: pa.Schema) -> pq.ParquetFile:
-    """A part file opened (its footer read) and checked: Parquet, this schema version, these columns."""
+def open_checked(part: Path, schema: pa.Schema) -> pq.ParquetFile:
+    """A report file opened (its footer read) and checked: Parquet, this schema version, these columns."""
     try:
         pf = pq.ParquetFile(part)
     except Exception as exc:
@@ -252,13 +252,13 @@ def check_curves(study_dir: Path) -> None:
     """Refuse (ResultsError, by name) a curves part that `load_curves` could not read, before a
     session adds to the study: the trials are read whole at start, the curves only here."""
     for part in _parts(study_dir / "curves"):
-        _open(part, CURVE_COLUMNS)
+        open_checked(part, CURVE_COLUMNS)
 
 
 def _read(directory: Path, schema: pa.Schema) -> pa.Table:
     tables = []
     for part in _parts(directory):
-        pf = _open(part, schema)
+        pf = open_checked(part, schema)
         try:
             tables.append(pf.read(columns=schema.names).cast(schema))
         except Exception as exc:  # a footer that reads over damaged data pages
@@ -283,8 +283,6 @@ def typed(table: pa.Table) -> pd.DataFrame:
             df[col] = df[col].astype("Int64")
     return df
 
-
-_typed = typed  # the name sweep.maps first imported
 
 
 def study_path(path: str | os.PathLike) -> Path:

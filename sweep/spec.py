@@ -436,6 +436,15 @@ def load(path: str | Path, max_runs: int = MAX_RUNS) -> Study:
     return parse(text, str(path), max_runs)
 
 
+def format_value(v: Any) -> str:
+    """An axis value as study files write it: absent clipping is "none", numbers short (%g)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "none"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """A Config from a row or a dict of axis values (clipping NaN or None -> None)."""
     kwargs = {}

@@ -43,7 +43,7 @@ from typing import Callable, Iterator
 from . import faults, maps, reports
 from .engines import Engine
 from .optuna_study import OptunaRecord
-from .pool import DEFAULT_BATCH_RUNS, LocalPool, engine_name
+from .pool import DEFAULT_BATCH_RUNS, engine_name
 from .samplers import DEFAULT_TPE_TRIALS, get_sampler
 from .spec import Run, Study
 

@@ -111,7 +111,7 @@ def test_an_actor_killed_mid_batch_loses_no_run(local_ray, tmp_path):
             os.kill(busy[0].info["pid"], signal.SIGKILL)
             killed.extend(slot.info.get("name") for slot in pool.slots_)
 
-    summary = driver.run(s, tmp_path, pool=pool, on_batch=kill_a_busy_actor)
+    driver.run(s, tmp_path, pool=pool, on_batch=kill_a_busy_actor)
     t = sweep.load_trials(tmp_path / "killed")
     assert killed
     assert keys(t) == sorted(r.key for r in s.plan())          # every run once: none lost, none twice

@@ -1,13 +1,11 @@
 """Samplers under the driver: grid exactly once however many runs are in flight; tpe through Optuna."""
 
 import random
-from collections import Counter, deque
-
-import pytest
+from collections import Counter
 
 import sweep
 from sweep import study as driver
-from sweep.optuna_study import JOURNAL, OptunaRecord
+from sweep.optuna_study import OptunaRecord
 from sweep.pool import RayPool, execute
 from sweep.samplers import GridSampler
 from sweep.spec import parse
