@@ -205,8 +205,9 @@ def tidy(study_dir: Path) -> list[str]:
     trials = {p.name for p in (study_dir / "trials").glob("part-*.parquet")}
     for sub in ("trials", "curves"):
         for p in (study_dir / sub).glob(".*.tmp"):
-            p.unlink()
-            removed.append(str(p))
+            if PART_TMP_RE.match(p.name):
+                p.unlink()
+                removed.append(str(p))
     for p in (study_dir / "curves").glob("part-*.parquet"):
         if p.name not in trials:
             p.unlink()
@@ -215,16 +216,19 @@ def tidy(study_dir: Path) -> list[str]:
 
 
 PART_RE = re.compile(r"^part-[A-Za-z0-9T_-]+\.parquet$")
+# `write_atomic`'s temporary name for a part: a write in progress, or one a crash interrupted.
+PART_TMP_RE = re.compile(r"^\.part-[A-Za-z0-9T_-]+\.parquet\.[0-9a-f]{8}\.tmp$")
 
 
 def _parts(directory: Path) -> list[Path]:
-    """The part files of a dataset directory. Hidden files (a write in progress) are not parts;
-    anything else that is not a part is refused by name, so no row is ever silently skipped."""
+    """The part files of a dataset directory. Our own temporary files (a write in progress) are
+    not parts; anything else that is not a part is refused by name, hidden or not, so no row is
+    ever silently skipped."""
     if not directory.is_dir():
         return []
     parts, foreign = [], []
     for p in sorted(directory.iterdir()):
-        if p.name.startswith("."):
+        if PART_TMP_RE.match(p.name):
             continue
         (parts if PART_RE.match(p.name) and p.is_file() else foreign).append(p)
     if foreign:

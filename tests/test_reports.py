@@ -103,7 +103,7 @@ def test_tidy_removes_orphan_curves_and_temporaries(tmp_path):
     # a crash between the curves part and its trials part leaves an orphan
     orphan = tmp_path / "rt" / "curves" / "part-orphan.parquet"
     orphan.write_bytes((tmp_path / "rt" / "curves" / f"{stem}.parquet").read_bytes())
-    (tmp_path / "rt" / "trials" / ".part-x.parquet.1234.tmp").write_bytes(b"half")
+    (tmp_path / "rt" / "trials" / ".part-x.parquet.0123abcd.tmp").write_bytes(b"half")
     with pytest.raises(reports.ResultsError, match="without a trials record"):
         sweep.load_curves(tmp_path / "rt")
     removed = reports.tidy(tmp_path / "rt")
@@ -125,7 +125,8 @@ def test_not_a_study_dir(tmp_path):
         sweep.load_trials(tmp_path)
 
 
-@pytest.mark.parametrize("intruder", ["notes.txt", "trials.parquet", "part-x.csv"])
+@pytest.mark.parametrize("intruder", ["notes.txt", "trials.parquet", "part-x.csv", ".part-x.parquet",
+                                      ".hidden.parquet", ".part-x.parquet.tmp"])
 def test_foreign_file_is_refused_by_name(tmp_path, intruder):
     rows, curves = batch()
     reports.write_batch(tmp_path / "rt", rows, curves)
