@@ -45,10 +45,10 @@ together within a quarter of the memory available to the process
 (MemAvailable, bounded by the cgroup limit). On a GPU worker K is at most
 `GPU_MAX_K` and one population runs at a time, within half of the GPU memory
 TensorFlow may still allocate (the device's memory limit minus
-`tf.config.experimental.get_memory_info`'s current use). K is then rounded to
-a multiple of 8 and a group larger than K is trained as several populations of
-that same size (the last padded with repeats of a run, whose outcomes are
-dropped): XLA compiles once per group and size. A population that still runs
+`tf.config.experimental.get_memory_info`'s current use). A group larger than K
+is trained as the fewest populations of at most K runs, all of one size (the
+last padded with repeats of a run, whose outcomes are dropped): XLA compiles
+once per group. A population that still runs
 out of memory is split in half and retried, so the worker never crashes on it.
 
     >>> from sweep.spec import parse
@@ -62,6 +62,7 @@ out of memory is split in half and retried, so the worker never crashes on it.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import threading
 import time
@@ -122,27 +123,14 @@ class Architecture:
     def n_params(self) -> int:
         return sum(int(np.prod(s)) for s in self.variable_shapes)
 
-    @functools.cached_property
-    def segment(self) -> np.ndarray:
-        """The variable index of every entry of the flat vector."""
-        return np.repeat(np.arange(len(self.variable_shapes)), [int(np.prod(s)) for s in self.variable_shapes])
-
-    def views(self, theta):
-        """[K, P] -> the stacked variables [K, *shape], in the model's order."""
-        import tensorflow as tf
-
+    def split(self, theta: np.ndarray) -> list[np.ndarray]:
+        """[K, P] flat weights -> the stacked variables [K, *shape], in the model's order."""
         out, start = [], 0
         for shape in self.variable_shapes:
             size = int(np.prod(shape))
-            out.append(tf.reshape(theta[:, start:start + size], [-1, *shape]))
+            out.append(np.ascontiguousarray(theta[:, start:start + size].reshape(-1, *shape)))
             start += size
         return out
-
-    @staticmethod
-    def flatten(variables):
-        import tensorflow as tf
-
-        return tf.concat([tf.reshape(v, [tf.shape(v)[0], -1]) for v in variables], axis=1)
 
     def flops_per_sample(self) -> int:
         """Floating-point operations of one sample's forward and backward pass through the matmuls:
@@ -215,12 +203,20 @@ def group_key(config: Config) -> tuple:
 # The math of one step, on [K, P] tensors; `lr` and the clipping thresholds are [K] vectors.
 
 
-def clip(g, arch: Architecture, squares, global_norm, clipnorm, global_clipnorm, clipvalue, kinds: frozenset):
-    """Keras's `BaseOptimizer._clip_gradients` for every run (a threshold of 0 means that kind is
-    off for the run: Keras's own test is `if self.clipnorm and self.clipnorm > 0`). `squares`
-    [K, variables] holds each variable's sum of squared gradients. Returns the gradients and
-    whether clipping acted, by the keras engine's tests: some variable's norm above `clipnorm`,
-    the global norm above `global_clipnorm`, some component beyond `clipvalue`."""
+def per_run(value, rank: int):
+    """A [K] per-run value shaped to broadcast over a [K, ...] variable of that rank."""
+    import tensorflow as tf
+
+    return tf.reshape(value, [-1] + [1] * (rank - 1))
+
+
+def clip(grads: list, squares, global_norm, clipnorm, global_clipnorm, clipvalue, kinds: frozenset):
+    """Keras's `BaseOptimizer._clip_gradients` for every run, on the stacked gradients [K, *shape]
+    of each variable (a threshold of 0 means that kind is off for the run: Keras's own test is
+    `if self.clipnorm and self.clipnorm > 0`). `squares` [K, variables] holds each variable's sum
+    of squared gradients. Returns the gradients and whether clipping acted, by the keras engine's
+    tests: some variable's norm above `clipnorm`, the global norm above `global_clipnorm`, some
+    component beyond `clipvalue`."""
     import tensorflow as tf
 
     acted = tf.zeros_like(clipnorm, dtype=tf.bool)
@@ -230,31 +226,37 @@ def clip(g, arch: Architecture, squares, global_norm, clipnorm, global_clipnorm,
         pred = squares > 0
         l2norm = tf.where(pred, tf.sqrt(tf.where(pred, squares, tf.ones_like(squares))), squares)
         c = clipnorm[:, None]
-        denominator = tf.gather(tf.maximum(l2norm, c), arch.segment, axis=1)
-        g = tf.where(on[:, None], (g * c) / denominator, g)
+        denominator = tf.maximum(l2norm, c)
+        grads = [tf.where(per_run(on, len(g.shape)), (g * per_run(clipnorm, len(g.shape)))
+                          / per_run(denominator[:, i], len(g.shape)), g) for i, g in enumerate(grads)]
         acted = acted | (on & tf.reduce_any(l2norm > c, axis=1))
     if "global_clipnorm" in kinds:
         on = global_clipnorm > 0
         # keras.src.optimizers.base_optimizer.clip_by_global_norm
         scale = global_clipnorm * tf.minimum(1.0 / global_norm, 1.0 / global_clipnorm)
         scale = scale + (global_norm - global_norm)
-        g = tf.where(on[:, None], g * scale[:, None], g)
+        grads = [tf.where(per_run(on, len(g.shape)), g * per_run(scale, len(g.shape)), g) for g in grads]
         acted = acted | (on & (global_norm > global_clipnorm))
     if "clipvalue" in kinds:
         on = clipvalue > 0
-        v = clipvalue[:, None]
-        acted = acted | (on & tf.reduce_any(tf.abs(g) > v, axis=1))
-        g = tf.where(on[:, None], tf.clip_by_value(g, -v, v), g)
-    return g, acted
+        clipped = []
+        for g in grads:
+            v = per_run(clipvalue, len(g.shape))
+            axes = list(range(1, len(g.shape)))
+            acted = acted | (on & tf.reduce_any(tf.abs(g) > v, axis=axes))
+            clipped.append(tf.where(per_run(on, len(g.shape)), tf.clip_by_value(g, -v, v), g))
+        grads = clipped
+    return grads, acted
 
 
 def step(optimizer: str, theta, g, slots: dict, lr, iteration):
     """One optimizer update of every run, keras/src/optimizers/{adam,sgd,rmsprop}.py `update_step`
-    on [K, P] tensors (Keras applies the same arithmetic to each variable, so to the flat vector).
-    `iteration` is Keras's `optimizer.iterations` before this step. Returns (theta, slots)."""
+    on one stacked variable [K, *shape] (Keras applies the same arithmetic to each variable).
+    `lr` is [K]; `iteration` is Keras's `optimizer.iterations` before this step.
+    Returns (theta, slots)."""
     import tensorflow as tf
 
-    lr = lr[:, None]
+    lr = per_run(lr, len(theta.shape))
     if optimizer == "adam":
         b1, b2, eps = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
         local_step = tf.cast(iteration + 1, theta.dtype)
@@ -362,37 +364,38 @@ class Program:
         self.epoch = tf.function(self._epoch, jit_compile=shape.jit, reduce_retracing=not shape.jit,
                                  autograph=False)
 
-    def _initial(self, theta, x, y):
-        """l0 and the initial accuracy of every run on its whole training set x [K, n, features]."""
+    def _initial(self, theta: list, x, y):
+        """l0 and the initial accuracy of every run on its whole training set x [K, n, features];
+        `theta`: the stacked variables."""
         import tensorflow as tf
 
-        pred = forward(self.shape.arch, self.shape.arch.views(theta), x)
+        pred = forward(self.shape.arch, theta, x)
         n = tf.cast(tf.shape(x)[1], tf.float32)
         return tf.reduce_sum(self.loss(y, pred), axis=1) / n, tf.reduce_sum(self.accuracy(y, pred), axis=1) / n
 
-    def _train_step(self, theta, slots, iteration, xb, yb, valid, count, lr, clipnorm, global_clipnorm, clipvalue):
-        """One step of every run: loss, gradient, clipping, update, and the finiteness test."""
+    def _train_step(self, theta: list, slots: dict, iteration, xb, yb, valid, count, lr, clipnorm, global_clipnorm,
+                    clipvalue):
+        """One step of every run: loss, gradient, clipping, update, and the finiteness test.
+        `theta` and each slot are lists of stacked variables [K, *shape], in the model's order."""
         import tensorflow as tf
 
-        arch = self.shape.arch
-        variables = arch.views(theta)
         with tf.GradientTape() as tape:
-            tape.watch(variables)
-            pred = forward(arch, variables, xb)
+            tape.watch(theta)
+            pred = forward(self.shape.arch, theta, xb)
             loss = masked_mean(self.loss(yb, pred), valid, count)
             # The sum's gradient with respect to run k's weights is run k's own gradient.
             total = tf.reduce_sum(loss)
-        grads = tape.gradient(total, variables)
-        g = arch.flatten(grads)
-        if "clipnorm" in self.shape.clip_kinds:
-            squares = tf.stack([tf.reduce_sum(tf.square(tf.reshape(v, [tf.shape(v)[0], -1])), axis=1)
-                                for v in grads], axis=1)
-            norm = tf.sqrt(tf.reduce_sum(squares, axis=1))
-        else:
-            squares, norm = None, tf.sqrt(tf.reduce_sum(tf.square(g), axis=1))
-        g, acted = clip(g, arch, squares, norm, clipnorm, global_clipnorm, clipvalue, self.shape.clip_kinds)
-        theta, slots = step(self.shape.optimizer, theta, g, slots, lr, iteration)
-        finite = tf.math.is_finite(loss) & tf.math.is_finite(norm) & tf.reduce_all(tf.math.is_finite(theta), axis=1)
+        grads = tape.gradient(total, theta)
+        squares = tf.stack([tf.reduce_sum(tf.square(g), axis=list(range(1, len(g.shape)))) for g in grads], axis=1)
+        norm = tf.sqrt(tf.reduce_sum(squares, axis=1))
+        grads, acted = clip(grads, squares, norm, clipnorm, global_clipnorm, clipvalue, self.shape.clip_kinds)
+        updated = [step(self.shape.optimizer, w, g, {name: s[i] for name, s in slots.items()}, lr, iteration)
+                   for i, (w, g) in enumerate(zip(theta, grads))]
+        theta = [w for w, _ in updated]
+        slots = {name: [new[name] for _, new in updated] for name in slots}
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
+        for w in theta:
+            finite &= tf.reduce_all(tf.math.is_finite(w), axis=list(range(1, len(w.shape))))
         accuracy = masked_mean(self.accuracy(yb, pred), valid, count)
         return theta, slots, loss, accuracy, norm, acted, finite
 
@@ -525,17 +528,18 @@ def population_size(arch: Architecture, batch_size: int, n: int, optimizer: str,
 
 
 def populations(members: list, k: int) -> tuple[int, list[list]]:
-    """Cut a group into populations of one size (a multiple of 8 when above 8, at most
-    max(k, 8)) with as little padding as that allows. Returns the size and the parts.
+    """Cut a group into the fewest populations of at most k runs, all of one size (so one
+    compiled program serves them), with as little padding as that allows. Returns the size and
+    the parts.
 
-    >>> populations(list(range(44)), 32)
-    (24, [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23], [24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43]])
+    >>> size, parts = populations(list(range(132)), 48)
+    >>> size, [len(p) for p in parts]
+    (44, [44, 44, 44])
+    >>> populations(list(range(5)), 2)
+    (2, [[0, 1], [2, 3], [4]])
     """
     parts = -(-len(members) // k)
     size = -(-len(members) // parts)
-    if size > 8:
-        size = min(-(-size // 8) * 8, max(k, 8))
-        parts = -(-len(members) // size)
     return size, [members[i:i + size] for i in range(0, len(members), size)]
 
 
@@ -585,7 +589,7 @@ class PopulationEngine:
                 results[i] = outcome
 
         started = time.perf_counter()
-        work = []  # (real runs' indices, population of runs padded to its group's size)
+        work = []  # per group: (real runs' indices, population of runs padded to its group's size)
         for members in groups.values():
             first = runs[members[0]]
             arch, _ = initial_model(study, first.config, first.seed)
@@ -594,9 +598,11 @@ class PopulationEngine:
             size, parts = populations(members, k)
             # A group's clipping kinds are fixed for all its populations: one program per group.
             kinds = frozenset(a for a in CLIP_AXES if any(getattr(runs[i].config, a) is not None for i in members))
-            for part in parts:
-                padded = [runs[i] for i in part] + [runs[part[-1]]] * (size - len(part))
-                work.append((part, padded, kinds))
+            work.append([(part, [runs[i] for i in part] + [runs[part[-1]]] * (size - len(part)), kinds)
+                         for part in parts])
+        # Round-robin over the groups: populations trained side by side then belong to different
+        # groups, so their programs compile at the same time instead of one waiting for the other.
+        work = [w for turn in itertools.zip_longest(*work) for w in turn if w is not None]
         with ThreadPoolExecutor(max_workers=concurrent_populations()) as pool:
             done = pool.map(lambda w: self._train_fitting(study, w[1], w[2]), work)
             for (part, _, _), outcomes in zip(work, done):
@@ -650,8 +656,9 @@ def train_population(study: Study, runs: Sequence[Run], jit: bool = True,
     c0 = configs[0]
     models = [initial_model(study, c, r.seed) for c, r in zip(configs, runs)]
     arch = models[0][0]
-    theta = tf.constant(np.stack([w for _, w in models]))
-    slots = {name: tf.zeros_like(theta) for name in SLOTS[c0.optimizer]}
+    # Each variable stacked over the runs, [K, *shape]: the program's ops read them as they are.
+    theta = [tf.constant(v) for v in arch.split(np.stack([w for _, w in models]))]
+    slots = {name: [tf.zeros_like(v) for v in theta] for name in SLOTS[c0.optimizer]}
 
     # Each scaler a run asks for has its own copy of the data; a run's rows start at its offset.
     scalers = sorted({c.scaler for c in configs})
@@ -673,7 +680,7 @@ def train_population(study: Study, runs: Sequence[Run], jit: bool = True,
     # l0 on the whole training set, some runs at a time (each needs n x width activations).
     rows = np.arange(n, dtype=np.int32)
     per_slice = max(1, int(64e6 // (4 * n * (arch.shapes[0][0] + sum(o for _, o in arch.shapes)))))
-    initial = [prog.initial(theta[a:a + per_slice], tf.gather(x, offset[a:a + per_slice, None] + rows),
+    initial = [prog.initial([v[a:a + per_slice] for v in theta], tf.gather(x, offset[a:a + per_slice, None] + rows),
                             tf.gather(y, offset[a:a + per_slice, None] + rows)) for a in range(0, K, per_slice)]
     l0 = np.concatenate([l.numpy() for l, _ in initial])
     a0 = np.concatenate([a.numpy() for _, a in initial])
