@@ -92,6 +92,21 @@ def test_repro_script_reproduces_final_loss(quickstart, tmp_path):
         assert final_loss_of(proc.stdout, tmp_path) == pytest.approx(row.final_loss, rel=1e-5)
 
 
+def test_repro_of_a_population_run_agrees_with_plain_keras(tmp_path):
+    # a stable run trained by the population engine, replayed by plain model.fit
+    study = tmp_path / "pop.toml"
+    study.write_text('[study]\nname="pop"\nexample="exploding_gradients"\nepochs=5\nseeds=[0]\n'
+                     'engine="population"\n[grid]\nlearning_rate=[0.001, 0.01]\nclipnorm=[1.0]\n')
+    proc = sweep_cli("run", str(study), "--results", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    t = sweep.load_trials(tmp_path / "r" / "pop")
+    row = t[t.status == "stable"].iloc[0]
+    assert row.engine == "population"
+    script = sweep_cli("repro", str(tmp_path / "r" / "pop"), str(int(row.trial))).stdout
+    assert "trained by the population engine" in script
+    assert final_loss_of(script, tmp_path) == pytest.approx(row.final_loss, rel=1e-4)
+
+
 def test_repro_with_plateau_schedule_and_user_builder(tmp_path):
     # model.fit with Keras's own ReduceLROnPlateau must give what the engine recorded
     study = tmp_path / "p.toml"
