@@ -81,8 +81,15 @@ from . import Outcome, batch_order, example_data, problem
 # reduction (measured). XLA reads its flags at its first compilation, so this is set on import,
 # before the engine compiles anything; it changes only the summation order of XLA reductions.
 _NO_TREE = "--xla_disable_hlo_passes=tree_reduction_rewriter"
-if "--xla_disable_hlo_passes" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_NO_TREE}".strip()
+# LLVM's optimisation level 1 for XLA's CPU code, instead of the default 3: the program compiles
+# about a quarter faster and its steps run about 30 % faster here (measured, batch 16, 32 and
+# 128; O2 sits in between, O0 is 6x slower). Only code generation changes, not the ops: where
+# LLVM contracts a multiply and an add into one FMA differs, so values move by rounding (on the
+# bench set: about 1e-8 relative after one epoch, every first non-finite step the same).
+_LLVM_O1 = "--xla_backend_optimization_level=1"
+for _flag in (_NO_TREE, _LLVM_O1):
+    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 
 # Keras's defaults for the optimizers the sweep builds (keras.optimizers.Adam(), SGD(), RMSprop()).
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
