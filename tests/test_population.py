@@ -12,6 +12,20 @@ to max(1e-4, 10 x s), s being Keras's spread up to that epoch; the first non-fin
 within one step; and the verdicts on at least 99 % of runs, with every disagreement printed
 (alongside the verdict of Keras's own other-rounding run).
 
+Rounding-decided runs. At chaotic learning rates (Adam at lr 1 or 10 without clipping) a
+run's verdict is decided by float rounding: Keras's own other-rounding run reaches another
+verdict than Keras. Such a run is counted and printed as "rounding-decided"; a verdict
+disagreement on it is printed but left out of the 99 % count (which is taken over the other
+runs), and its losses are compared only up to the epoch where Keras's two runs part by more
+than 1e-4 (or one of them stops). Every other run keeps the bar above, including the
+first non-finite step. Measured (full form, population engine at LLVM O1): categorical_clipnorm
+48 runs, 7 rounding-decided, 6 verdict disagreements of which 3 on rounding-decided runs (lr 0.1,
+1, 10) and 3 not (lr 10 twice, lr 0.1 with global_clipnorm 1): Keras's one other-rounding run
+happened to agree with Keras there, so this example still fails the bar: one perturbation
+samples Keras's sensitivity, it does not bound it.
+plateau_schedule 48 runs, 1 rounding-decided (lr 1, tanh, plateau: population stable, Keras
+diverged, Keras's other rounding stable), no other disagreement: passes.
+
 `--quick` (CI): 5-6 configurations per example, one seed, 3 epochs. Without it: a wider
 grid, two seeds, each example's own number of epochs.
 """
@@ -137,6 +151,8 @@ def test_population_matches_keras(example, request, monkeypatch):
     pop = PopulationEngine().train(s, runs)
 
     problems, disagreements, worst = [], [], (0.0, 0.0)
+    rounding_decided = 0  # runs whose verdict Keras itself changes under rounding-level changes
+    counted = 0  # disagreements on the other runs: the ones held to the 99 % bar
     for run, k, kp, p in zip(runs, ref, spread_runs, pop):
         assert isinstance(p, Outcome), f"{run}: {p!r}"
         assert p.engine == "population"
@@ -144,14 +160,22 @@ def test_population_matches_keras(example, request, monkeypatch):
         label = (f"lr={c.learning_rate} clipnorm={c.clipnorm} global={c.global_clipnorm} clipvalue={c.clipvalue} "
                  f"bs={c.batch_size} act={c.activation} scaler={c.scaler} opt={c.optimizer} loss={c.loss} "
                  f"schedule={c.schedule} seed={run.seed}")
+        sp, sk, skp = status(s, p), status(s, k), status(s, kp)
+        decided_by_rounding = sk != skp
+        rounding_decided += decided_by_rounding
         # l0 is one forward pass: no chaos, only rounding.
         if math.isfinite(k.initial_loss):
             assert p.initial_loss == pytest.approx(k.initial_loss, rel=1e-5), label
         # Epoch losses while both are finite, against Keras's own spread so far.
-        spread = np.maximum.accumulate(np.nan_to_num(relative(kp.epoch_loss, k.epoch_loss), nan=np.inf))
+        own = relative(kp.epoch_loss, k.epoch_loss)
+        spread = np.maximum.accumulate(np.nan_to_num(own, nan=np.inf))
+        # A rounding-decided run is compared up to the epoch where Keras's two runs part beyond
+        # the base tolerance (or one of them stops): past it Keras does not reproduce itself.
+        parted = np.flatnonzero(~(own <= 1e-4))
+        last = (int(parted[0]) if len(parted) else len(own) - 1) if decided_by_rounding else math.inf
         deviation = relative(p.epoch_loss, k.epoch_loss)
         for e, dev in enumerate(deviation):
-            if not (math.isfinite(k.epoch_loss[e]) and math.isfinite(p.epoch_loss[e])):
+            if e > last or not (math.isfinite(k.epoch_loss[e]) and math.isfinite(p.epoch_loss[e])):
                 break
             tol = max(1e-4, 10 * spread[e]) if e < len(spread) else math.inf
             worst = max(worst, (dev, spread[e] if e < len(spread) else math.inf))
@@ -163,10 +187,12 @@ def test_population_matches_keras(example, request, monkeypatch):
             if abs(p.first_nonfinite_step - k.first_nonfinite_step) > 1:
                 problems.append(f"{label}: first non-finite step {p.first_nonfinite_step} vs keras "
                                 f"{k.first_nonfinite_step}")
-        sp, sk, skp = status(s, p), status(s, k), status(s, kp)
         if sp != sk:
+            counted += not decided_by_rounding
             disagreements.append(f"{label}: population {sp} (step {p.first_nonfinite_step}), keras {sk} "
-                                 f"(step {k.first_nonfinite_step}), keras with other rounding {skp}")
+                                 f"(step {k.first_nonfinite_step}), keras with other rounding {skp} "
+                                 f"(step {kp.first_nonfinite_step})"
+                                 + (": rounding-decided" if decided_by_rounding else ""))
         # Telemetry defined as the keras engine defines it. A plateau decision is a threshold on
         # the epoch loss, so rounding can flip one near the threshold: the learning rates are
         # checked against Keras's own callback replayed on this run's own losses.
@@ -176,14 +202,14 @@ def test_population_matches_keras(example, request, monkeypatch):
             [float(np.float32(c.learning_rate))] * len(p.epoch_loss)
         assert p.epoch_learning_rate == expected, label
     statuses = [status(s, k) for k in ref]
-    keras_self = sum(status(s, k) != status(s, kp) for k, kp in zip(ref, spread_runs))
     print(f"\n{example}: {len(runs)} runs, statuses {dict(zip(*np.unique(statuses, return_counts=True)))}; "
           f"largest loss deviation {worst[0]:.2e} (keras's own spread there {worst[1]:.2e}); "
-          f"{len(disagreements)} verdict disagreements (keras against its own other-rounding run: {keras_self})")
+          f"{len(disagreements)} verdict disagreements, {counted} of them on runs Keras decides the same way under "
+          f"other rounding; {rounding_decided} rounding-decided runs (keras against its own other-rounding run)")
     for d in disagreements:
         print("  verdict disagreement:", d)
     assert not problems, "\n".join(problems)
-    assert len(disagreements) <= 0.01 * len(runs), "\n".join(disagreements)
+    assert counted <= 0.01 * (len(runs) - rounding_decided), "\n".join(disagreements)
 
 
 def test_initial_weights_are_the_keras_builders():
@@ -271,4 +297,4 @@ def test_population_size_follows_memory(monkeypatch):
     monkeypatch.setattr(population, "available_host_memory", lambda: 8 << 20)
     assert 1 <= population_size(arch, 32, 1000, "adam") < population.CPU_MAX_K
     size, parts = populations(list(range(130)), 48)
-    assert size % 8 == 0 and size <= 48 and sum(map(len, parts)) == 130 and max(map(len, parts)) == size
+    assert size == 44 and sum(map(len, parts)) == 130 and max(map(len, parts)) == size
