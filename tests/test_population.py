@@ -40,7 +40,7 @@ import pytest
 import sweep.engines.keras_engine as keras_engine
 from sweep.catalog import EXAMPLES
 from sweep.engines import Outcome, problem
-from sweep.engines.keras_engine import KerasEngine
+from sweep.engines.keras_engine import KerasEngine, train_one
 from sweep.engines.plateau import Plateau
 from sweep.engines.population import PopulationEngine, initial_model, populations, population_size
 from sweep.spec import config_from_dict, parse
@@ -68,9 +68,10 @@ GRIDS = {
         {"learning_rate": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0], "clipnorm": ["none", 1.0],
          "global_clipnorm": ["none", 1.0], "clipvalue": ["none", 0.5]}),
     "minmax_scaling": (
-        {"learning_rate": [0.001, 0.1, 10.0], "scaler": ["none", "minmax"], "optimizer": ["sgd"]},
-        {"learning_rate": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0], "scaler": ["none", "standard", "minmax"],
-         "optimizer": ["adam", "sgd", "rmsprop"]}),
+        # adam only: sgd and rmsprop runs go to the keras engine (population.VERIFIED_OPTIMIZERS;
+        # test_unverified_optimizers_train_on_keras_and_say_so)
+        {"learning_rate": [0.001, 0.1, 10.0], "scaler": ["none", "minmax"]},
+        {"learning_rate": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0], "scaler": ["none", "standard", "minmax"]}),
     "plateau_schedule": (
         {"learning_rate": [0.001, 0.1, 10.0], "schedule": ["constant", "plateau"]},
         {"learning_rate": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0], "schedule": ["constant", "plateau"],
@@ -241,6 +242,16 @@ def test_user_builders_train_on_keras_and_say_so():
     s = parse('[study]\nname="u"\nexample="builders:tiny_model"\nepochs=1\nseeds=[0]', "u.toml")
     [out] = PopulationEngine().train(s, s.plan())
     assert isinstance(out, Outcome) and out.engine == "keras" and len(out.epoch_loss) == 1
+
+
+def test_unverified_optimizers_train_on_keras_and_say_so():
+    # sgd at lr 1.0 with the minmax scaler was measured 19 % away from Keras: such runs must
+    # get Keras's numbers, from the keras engine, and the row must say which engine ran them
+    s = parse('[study]\nname="o"\nexample="minmax_scaling"\nepochs=2\nseeds=[0]\n[grid]\n'
+              'learning_rate=[1.0]\nscaler=["minmax"]\noptimizer=["adam", "sgd", "rmsprop"]', "o.toml")
+    outs = PopulationEngine().train(s, s.plan())
+    assert [o.engine for o in outs] == ["population", "keras", "keras"]
+    assert outs[1].epoch_loss == train_one(s, s.plan()[1].config, 0).epoch_loss
 
 
 def test_plateau_follows_keras_reduce_lr_on_plateau():

@@ -95,6 +95,11 @@ for _flag in (_NO_TREE, _LLVM_O1):
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
 RMSPROP = {"rho": 0.9, "epsilon": 1e-7}
 SLOTS = {"adam": ("m", "v"), "sgd": (), "rmsprop": ("velocity",)}
+# Optimizers whose runs this engine takes. sgd and rmsprop are written (`step`) but measured
+# unequal to Keras beyond its own rounding spread on minmax_scaling (sgd at lr 1.0 with the
+# minmax scaler: epoch losses 19 % apart where Keras re-run with weights one ulp apart agrees
+# to ~1e-7; rmsprop at lr 0.1), so until that is explained their runs go to the keras engine.
+VERIFIED_OPTIMIZERS = ("adam",)
 # ReduceLROnPlateau's arguments beyond the catalog's: Keras's defaults.
 PLATEAU_MIN_DELTA, PLATEAU_COOLDOWN = 1e-4, 0
 
@@ -633,6 +638,8 @@ class PopulationEngine:
             raise Unsupported(f"{study.example}: user builders run on the keras engine")
         if c.optimizer not in SLOTS:
             raise Unsupported(f"optimizer {c.optimizer!r}")
+        if c.optimizer not in VERIFIED_OPTIMIZERS:
+            raise Unsupported(f"optimizer {c.optimizer!r}: not yet equal to Keras at every learning rate")
         if c.loss not in KERAS_LOSSES and c.loss not in WRITTEN_LOSSES:
             raise Unsupported(f"loss {c.loss!r}")
         initial_model(study, c, run.seed)  # raises Unsupported for layers it cannot express
