@@ -20,10 +20,12 @@ from scripted_engine import ScriptedEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Eight epochs: the sweep must outlast the driver's first commit (every 5 s), or on a quiet
+# machine one commit holds every run and the kill cannot land midway.
 STUDY = '''[study]
 name = "resume"
 example = "exploding_gradients"
-epochs = 1
+epochs = 8
 seeds = {seeds}
 engine = "keras"
 [grid]
