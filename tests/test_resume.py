@@ -16,6 +16,7 @@ from sweep.optuna_study import JOURNAL, OptunaRecord
 from sweep.pool import LocalPool
 from sweep.spec import load, parse
 
+from fault_cases import ray_processes_of
 from scripted_engine import ScriptedEngine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,20 +38,6 @@ clipnorm = ["none", 1.0]
 def sweep_run(study_file, results, **popen):
     return subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", str(study_file), "--results", str(results)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
-
-
-def ray_processes_of(pid: int) -> list[int]:
-    """Processes of the private Ray the driver `pid` started (its temp dir is in their command lines)."""
-    mark = f"sweep-ray-{pid}-".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if mark in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                pass
-    return found
 
 
 @pytest.mark.slow
