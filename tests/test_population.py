@@ -2,29 +2,29 @@
 
 For every catalog example, configurations across its grid (stable learning rates, the edge,
 and non-finite ones where the example has them) are trained by both engines from the same
-seeds. Keras's own float spread is measured alongside: the keras engine again with its
-training step compiled by XLA (other kernels, so other rounding at every op of every step) from
-initial weights moved by one unit in the last place. A run whose losses Keras itself reproduces
-only to a relative spread s under such rounding-level changes cannot be held to agree more
-closely with an implementation that also rounds differently at every op (a batched matmul sums
-in another order than Keras's 2-D matmul). So while both are finite each epoch's loss must agree
-to max(1e-4, 10 x s), s being Keras's spread up to that epoch; the first non-finite step to
-within one step; and the verdicts on at least 99 % of runs, with every disagreement printed
-(alongside the verdict of Keras's own other-rounding run).
+seeds. Keras's own float spread is measured alongside: the keras engine again under
+rounding-level changes (`PERTURBATIONS`: its step compiled by XLA, whose kernels round
+differently at every op as the population's batched ops do; initial weights moved one unit in
+the last place). A run whose losses Keras itself reproduces only to a relative spread s under
+such changes cannot be held to agree more closely with an implementation that also rounds
+differently at every op. So while both are finite each epoch's loss must agree to
+max(1e-4, 10 x s), s being the largest spread of Keras's perturbed runs up to that epoch; the
+first non-finite step to within one step; and the verdicts on at least 99 % of runs, with every
+disagreement printed alongside the perturbed runs' verdicts.
 
-Rounding-decided runs. At chaotic learning rates (Adam at lr 1 or 10 without clipping) a
-run's verdict is decided by float rounding: Keras's own other-rounding run reaches another
-verdict than Keras. Such a run is counted and printed as "rounding-decided"; a verdict
-disagreement on it is printed but left out of the 99 % count (which is taken over the other
-runs), and its losses are compared only up to the epoch where Keras's two runs part by more
-than 1e-4 (or one of them stops). Every other run keeps the bar above, including the
-first non-finite step. Measured (full form, population engine at LLVM O1): categorical_clipnorm
-48 runs, 7 rounding-decided, 6 verdict disagreements of which 3 on rounding-decided runs (lr 0.1,
-1, 10) and 3 not (lr 10 twice, lr 0.1 with global_clipnorm 1): Keras's one other-rounding run
-happened to agree with Keras there, so this example still fails the bar: one perturbation
-samples Keras's sensitivity, it does not bound it.
-plateau_schedule 48 runs, 1 rounding-decided (lr 1, tanh, plateau: population stable, Keras
-diverged, Keras's other rounding stable), no other disagreement: passes.
+Rounding-decided runs. Where training is chaotic a run's verdict is decided by float rounding:
+some perturbed Keras run reaches another verdict than Keras. Such a run is printed as
+"rounding-decided"; a verdict disagreement on it is printed but left out of the 99 % count
+(taken over the other runs), and its losses are compared only up to the epoch where a perturbed
+run parts from Keras by more than 1e-4. A disagreement on any other run gets a closer look
+(`CLOSER_LOOK_ULPS`) and is excused only if Keras itself, so perturbed, reaches the
+population's verdict. Measured, full form (5 perturbations), 2026-11-21: log_of_zero 60 runs,
+0 rounding-decided, 0 disagreements; plateau_schedule 48, 3, 1 (excused); unscaled_inputs 72, 1,
+1 (excused); minmax_scaling 36, 7, 4 (all excused): these pass. categorical_clipnorm 48 runs,
+14 rounding-decided, 6 disagreements, 1 not excused (lr 0.1, global_clipnorm 1, seed 0:
+population stable, Keras and its perturbations within 5 ulp unstable or stalled; +8 ulp gave
+stable in a separate probe): fails. exploding_gradients: TensorFlow segfaulted in the
+XLA-compiled Keras runs (hence the child processes); not yet completed.
 
 `--quick` (CI): 5-6 configurations per example, one seed, 3 epochs. Without it: a wider
 grid, two seeds, each example's own number of epochs.
