@@ -24,7 +24,7 @@ epsilon-hat form, SGD, RMSprop, with Keras's default hyper-parameters); and
 run's seed (`sweep.engines.problem`), batches follow `sweep.engines.batch_order`.
 What differs from the keras engine is float rounding only (a batched matmul
 sums in another order than Keras's 2-D matmul), which tests/test_population.py
-measures against Keras's own sensitivity to rounding. Where training is chaotic
+measures against each engine's own sensitivity to rounding. Where training is chaotic
 that rounding decides where a run parts from Keras, as it decides where Keras
 parts from itself re-run from weights one ulp apart (measured: sgd at lr 1 on
 minmax_scaling parts at step 100, where a first-layer ReLU input is -2.6e-7 in
@@ -373,7 +373,7 @@ class Program:
         self.shape = shape
         self.loss = per_sample_loss(shape.loss)
         self.accuracy = per_sample_accuracy(shape.arch.accuracy)
-        self.initial = tf.function(self._initial, reduce_retracing=True)
+        self.initial = tf.function(self._initial, reduce_retracing=True, autograph=False)
         self.epoch = tf.function(self._epoch, jit_compile=shape.jit, reduce_retracing=not shape.jit,
                                  autograph=False)
 
@@ -615,7 +615,11 @@ class PopulationEngine:
                          for part in parts])
         # Round-robin over the groups: populations trained side by side then belong to different
         # groups, so their programs compile at the same time instead of one waiting for the other.
+        # Then the longest first: the smallest batches, whose epochs take the most steps (a stable
+        # sort keeps the round-robin among equal ones), so that no thread is left with a long
+        # population at the end while the others idle (measured on the bench set: see README).
         work = [w for turn in itertools.zip_longest(*work) for w in turn if w is not None]
+        work.sort(key=lambda w: w[1][0].config.batch_size)
         with ThreadPoolExecutor(max_workers=concurrent_populations()) as pool:
             done = pool.map(lambda w: self._train_fitting(study, w[1], w[2]), work)
             for (part, _, _), outcomes in zip(work, done):
