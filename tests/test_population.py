@@ -54,9 +54,9 @@ the same counts came out of an earlier run under a looser excuse rule:
 
 All six pass, with the rules as committed in 966c35b. Every disagreement is on a run whose
 verdict one engine's own perturbed runs already move, and in each the engines' verdicts under
-rounding meet. On the rounding-decided
-runs the population moved by +-1 ulp reaches the same verdict as Keras's XLA step moved the
-same way in 49 of 62 cases, where Keras's plain and XLA steps so moved agree in 39 of 62.
+rounding meet. On the rounding-decided runs the population moved by +-1 ulp reaches the same
+verdict as Keras's XLA step moved the same way in 49 of 62 cases, where Keras's plain and XLA
+steps so moved agree in 39 of 62.
 
 `--quick` (CI): 5-6 configurations per example, one seed, 3 epochs. Without it: a wider
 grid, two seeds, each example's own number of epochs.
@@ -154,6 +154,13 @@ QUICK_PERTURBATIONS = ("xla +1ulp", "plain -1ulp")
 XLA_RUNS_PER_PROCESS = 100
 
 
+def moved(weights: np.ndarray, toward: float, ulps: int = 1) -> np.ndarray:
+    """Every nonzero entry moved `ulps` floats toward `toward` (+inf or -inf); zeros stay zero."""
+    for _ in range(ulps):
+        weights = np.where(weights != 0, np.nextafter(weights, np.float32(toward)), weights)
+    return weights
+
+
 def keras_perturbed(study_, runs, jit: bool, toward: float | None) -> list[Outcome | BaseException]:
     """The keras engine on these runs with one of the PERTURBATIONS (the XLA ones in children)."""
     if not jit:
@@ -180,10 +187,7 @@ def keras_perturbed_here(study_, runs, jit: bool, toward: float | None, ulps: in
 
     def nudged(s, config, seed):
         p = original(s, config, seed)
-        weights = p.model.get_weights()
-        for _ in range(ulps):
-            weights = [np.where(w != 0, np.nextafter(w, np.float32(toward)), w) for w in weights]
-        p.model.set_weights(weights)
+        p.model.set_weights([moved(w, toward, ulps) for w in p.model.get_weights()])
         return p
 
     def xla_function(*args, **kwargs):
@@ -213,12 +217,12 @@ def population_perturbed(study_, runs, toward: float) -> list[Outcome | BaseExce
     """The population engine on these runs, every nonzero initial weight moved one ulp toward `toward`."""
     real = population.initial_model
 
-    def moved(s, config, seed):
+    def nudged(s, config, seed):
         arch, theta = real(s, config, seed)
-        return arch, np.where(theta != 0, np.nextafter(theta, np.float32(toward)), theta)
+        return arch, moved(theta, toward)
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(population, "initial_model", moved)
+        m.setattr(population, "initial_model", nudged)
         return PopulationEngine().train(study_, runs)
 
 
