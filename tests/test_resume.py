@@ -21,12 +21,14 @@ from scripted_engine import ScriptedEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Eight epochs: the sweep must outlast the driver's first commit (every 5 s), or on a quiet
-# machine one commit holds every run and the kill cannot land midway.
+# The sweep must outlast the driver's first commit (COMMIT_SECONDS after the first row) by a
+# wide margin, or on a fast machine one commit holds every run and the kill cannot land
+# midway: 8 epochs x 16 runs did, on CI. 40 epochs x 32 runs stream rows for ~24 s on this
+# 2-core machine, so a machine 2x faster still has half its runs left at the first commit.
 STUDY = '''[study]
 name = "resume"
 example = "exploding_gradients"
-epochs = 8
+epochs = 40
 seeds = {seeds}
 engine = "keras"
 [grid]
@@ -42,7 +44,7 @@ def sweep_run(study_file, results, **popen):
 
 @pytest.mark.slow
 def test_driver_killed_midway_resumes_with_exactly_one_row_per_run(tmp_path, request):
-    seeds = [0, 1] if request.config.getoption("--quick") else [0, 1, 2]
+    seeds = [0, 1, 2, 3] if request.config.getoption("--quick") else [0, 1, 2, 3, 4, 5]
     study_file = tmp_path / "resume.toml"
     study_file.write_text(STUDY.format(seeds=seeds))
     plan = load(study_file).plan()
@@ -59,7 +61,7 @@ def test_driver_killed_midway_resumes_with_exactly_one_row_per_run(tmp_path, req
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         recorded = len(sweep.load_trials(results / "resume"))
-        assert 0 < recorded < len(plan), "the kill did not land midway"
+        assert 0 < recorded < len(plan), f"the kill did not land midway: {recorded} of {len(plan)} runs recorded"
         # The private Ray goes with its driver.
         deadline = time.monotonic() + 60
         while ray_processes_of(proc.pid) and time.monotonic() < deadline:
