@@ -88,7 +88,8 @@ from sweep.verdict import judge
 # Per example: the axes that make its grid, in a small (quick) and a wider (full) form.
 GRIDS = {
     "exploding_gradients": (
-        {"learning_rate": [0.001, 0.1, 3.0], "clipnorm": ["none", 1.0], "activation": ["relu"]},
+        # relu and tanh: their runs share one program (population.shared_activations)
+        {"learning_rate": [0.001, 0.1, 3.0], "clipnorm": ["none", 1.0], "activation": ["relu", "tanh"]},
         {"learning_rate": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0], "clipnorm": ["none", 0.1, 1.0],
          "batch_size": [16, 128], "activation": ["relu", "tanh"]}),
     "log_of_zero": (

@@ -67,7 +67,7 @@ def test_every_step_from_keras_state_gives_keras_weights(example, axes, optimize
 
     arch, _ = initial_model(s, c, 0)
     kinds = frozenset(a for a in CLIP_AXES if getattr(c, a) is not None)
-    prog = Program(ProgramShape(arch, c.loss, c.optimizer, c.batch_size, len(p.x), kinds, True))
+    prog = Program(ProgramShape((arch,), c.loss, c.optimizer, c.batch_size, len(p.x), kinds, True))
     pop_step = tf.function(prog._train_step, jit_compile=True)
     per_run = {a: tf.constant([getattr(c, a) or 0.0], tf.float32) for a in CLIP_AXES}
     B, n = c.batch_size, len(p.x)
@@ -81,7 +81,7 @@ def test_every_step_from_keras_state_gives_keras_weights(example, axes, optimize
             slots = {name: [tf.constant(v.numpy()[None]) for v in getattr(opt, KERAS_SLOTS[name])]
                      for name in SLOTS[optimizer]}
             out = pop_step(theta, slots, tf.constant(step), tf.constant(p.x[rows][None]), tf.constant(p.y[rows][None]),
-                           tf.constant(np.arange(B) < len(idx)), tf.constant(float(len(idx))),
+                           tf.constant(np.arange(B) < len(idx)), tf.constant(float(len(idx))), tf.constant([0]),
                            tf.constant([lr], tf.float32), per_run["clipnorm"], per_run["global_clipnorm"],
                            per_run["clipvalue"])
             keras_step(p.x[idx], p.y[idx])

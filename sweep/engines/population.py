@@ -32,11 +32,15 @@ Keras and +1.9e-9 here; Keras's one-ulp re-run parts later and is 15 % from
 Keras by epoch 10). So the tests also check every step's arithmetic from Keras's
 own weights and optimizer slots, which chaos cannot hide.
 
-A group (one program) holds runs of one example that share activation, batch
-size, loss and optimizer kind: those change the program's ops or shapes.
-Inside a group each run has its own learning rate, schedule (constant or
-plateau), clipping kind and threshold, scaler (its batches are gathered from
-its own scaled copy of the data) and seed (initial weights, batch order).
+A group (one program) holds runs of one example that share batch size, loss
+and optimizer kind: those change the program's ops or shapes. Inside a group
+each run has its own learning rate, schedule (constant or plateau), clipping
+kind and threshold, scaler (its batches are gathered from its own scaled copy
+of the data) and seed (initial weights, batch order). Activations share a
+program while the group is small (`shared_activations`): each layer then
+computes every activation the group uses and each run selects its own with
+`tf.where`, which costs less than compiling a program per activation until the
+group trains about MERGE_RUN_SAMPLES samples.
 Models the engine cannot express (a user `module:function` builder, a layer
 that is not a plain Dense layer) are trained by the keras engine, run by run,
 and their outcomes say `engine="keras"`.
@@ -73,7 +77,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -105,6 +109,13 @@ SLOTS = {"adam": ("m", "v"), "sgd": (), "rmsprop": ("velocity",)}
 PLATEAU_MIN_DELTA, PLATEAU_COOLDOWN = 1e-4, 0
 
 CPU_MAX_K = 48
+# Activations share a program while the group trains at most this many samples (runs x epochs x
+# training-set size). Measured on the bench set, three interleaved runs each: relu and tanh in
+# one program per batch size instead of two took 31.3-32.7 CPU-s cold against 35.0-39.1, and
+# 22.9-25.3 warm (no compiles) against 21.0-23.0: about 2.6 CPU-s of compiles saved per program
+# for 0.8 CPU-s of extra activation work per 5.3e6 run-samples, so merging pays up to about
+# 1.8e7; the bound leaves room for dearer activations (gelu) than tanh.
+MERGE_RUN_SAMPLES = 1e7
 GPU_MAX_K = 8192
 CPU_MEMORY_FRACTION = 0.25
 GPU_MEMORY_FRACTION = 0.5
@@ -208,8 +219,22 @@ def initial_model(study: Study, config: Config, seed: int) -> tuple[Architecture
 
 
 def group_key(config: Config) -> tuple:
-    """Runs with the same key share a program: these axes change its ops or shapes."""
-    return (config.activation, config.batch_size, config.loss, config.optimizer)
+    """Runs with the same key can share a program: these axes change its ops or shapes (the
+    activation changes its ops too, but a program can hold several: `shared_activations`)."""
+    return (config.batch_size, config.loss, config.optimizer)
+
+
+def shared_activations(activations: Sequence[str], run_samples: float) -> list[tuple[str, ...]]:
+    """The activations of one group, as the sets that share a program: all in one while the
+    group trains at most MERGE_RUN_SAMPLES samples, else one program each.
+
+    >>> shared_activations(["tanh", "relu", "relu"], 5e6)
+    [('relu', 'tanh')]
+    >>> shared_activations(["tanh", "relu"], 5e7)
+    [('relu',), ('tanh',)]
+    """
+    names = sorted(set(activations))
+    return [tuple(names)] if run_samples <= MERGE_RUN_SAMPLES else [(a,) for a in names]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +321,7 @@ def step(optimizer: str, theta, g, slots: dict, lr, iteration):
 class ProgramShape:
     """Everything a compiled program depends on but K; equal shapes share one program."""
 
-    arch: Architecture
+    archs: tuple[Architecture, ...]  # one per activation the program serves; a run's `choice` picks it
     loss: str
     optimizer: str
     batch_size: int
@@ -305,13 +330,22 @@ class ProgramShape:
     jit: bool
 
 
-def forward(arch: Architecture, variables, x):
-    """keras Dense.call for every run: matmul, add the bias, the layer's own activation function."""
+def forward(archs: Sequence[Architecture], variables, x, choice):
+    """keras Dense.call for every run: matmul, add the bias, the layer's own activation function.
+
+    `archs` differ in their activations only; run k's is `archs[choice[k]]`. Where they differ,
+    a layer computes each and selects the run's with `tf.where`: a value the run does not select
+    is never combined with its own, and the gradient reaching it is zero."""
     import tensorflow as tf
 
     h = x
-    for kernel, bias, activation in zip(variables[0::2], variables[1::2], arch.activations):
-        h = activation(tf.matmul(h, kernel) + bias[:, None, :])
+    for layer, (kernel, bias) in enumerate(zip(variables[0::2], variables[1::2])):
+        z = tf.matmul(h, kernel) + bias[:, None, :]
+        functions = [arch.activations[layer] for arch in archs]
+        h = functions[-1](z)
+        for i in range(len(functions) - 2, -1, -1):
+            if functions[i] is not functions[-1]:
+                h = tf.where(tf.reshape(tf.equal(choice, i), [-1, 1, 1]), functions[i](z), h)
     return h
 
 
@@ -372,29 +406,29 @@ class Program:
 
         self.shape = shape
         self.loss = per_sample_loss(shape.loss)
-        self.accuracy = per_sample_accuracy(shape.arch.accuracy)
+        self.accuracy = per_sample_accuracy(shape.archs[0].accuracy)
         self.initial = tf.function(self._initial, reduce_retracing=True, autograph=False)
         self.epoch = tf.function(self._epoch, jit_compile=shape.jit, reduce_retracing=not shape.jit,
                                  autograph=False)
 
-    def _initial(self, theta: list, x, y):
+    def _initial(self, theta: list, x, y, choice):
         """l0 and the initial accuracy of every run on its whole training set x [K, n, features];
-        `theta`: the stacked variables."""
+        `theta`: the stacked variables; `choice` [K]: each run's activation (`forward`)."""
         import tensorflow as tf
 
-        pred = forward(self.shape.arch, theta, x)
+        pred = forward(self.shape.archs, theta, x, choice)
         n = tf.cast(tf.shape(x)[1], tf.float32)
         return tf.reduce_sum(self.loss(y, pred), axis=1) / n, tf.reduce_sum(self.accuracy(y, pred), axis=1) / n
 
-    def _train_step(self, theta: list, slots: dict, iteration, xb, yb, valid, count, lr, clipnorm, global_clipnorm,
-                    clipvalue):
+    def _train_step(self, theta: list, slots: dict, iteration, xb, yb, valid, count, choice, lr, clipnorm,
+                    global_clipnorm, clipvalue):
         """One step of every run: loss, gradient, clipping, update, and the finiteness test.
         `theta` and each slot are lists of stacked variables [K, *shape], in the model's order."""
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
             tape.watch(theta)
-            pred = forward(self.shape.arch, theta, xb)
+            pred = forward(self.shape.archs, theta, xb, choice)
             loss = masked_mean(self.loss(yb, pred), valid, count)
             # The sum's gradient with respect to run k's weights is run k's own gradient.
             total = tf.reduce_sum(loss)
@@ -412,7 +446,7 @@ class Program:
         accuracy = masked_mean(self.accuracy(yb, pred), valid, count)
         return theta, slots, loss, accuracy, norm, acted, finite
 
-    def _epoch(self, theta, slots, alive, first_step, order, x, y, lr, clipnorm, global_clipnorm, clipvalue):
+    def _epoch(self, theta, slots, alive, first_step, order, x, y, choice, lr, clipnorm, global_clipnorm, clipvalue):
         """Train every run through one epoch. `order` [K, steps x B] holds each run's row indices
         into x, y in its batch order, the last batch padded; `first_step` is the global index of
         the epoch's first step. Returns the new state and the epoch's per-run telemetry."""
@@ -433,7 +467,7 @@ class Program:
             iteration = first_step + s
             theta, slots, loss, acc, norm, acted, finite = self._train_step(
                 theta, slots, iteration, tf.gather(x, idx), tf.gather(y, idx), valid, tf.cast(size, tf.float32),
-                lr, clipnorm, global_clipnorm, clipvalue)
+                choice, lr, clipnorm, global_clipnorm, clipvalue)
             # The keras engine's bookkeeping: the step that turned non-finite still counts in its
             # epoch's loss, accuracy and norm, then the run stops.
             w = tf.cast(size, f64)
@@ -514,21 +548,22 @@ def concurrent_populations() -> int:
     return max(1, threads or len(os.sched_getaffinity(0)))
 
 
-def bytes_per_run(arch: Architecture, batch_size: int, n: int, optimizer: str) -> int:
+def bytes_per_run(arch: Architecture, batch_size: int, n: int, optimizer: str, activations: int = 1) -> int:
     """A generous estimate of one run's share of a program's memory, in bytes (float32).
 
     Weights, gradient and slots with the update's new copies and temporaries (8 + 2 x slots
     copies of the weights), the step's activations and their gradients (4 copies of every
-    layer's output and of the gathered batch), and its batch order (int32)."""
-    widths = arch.shapes[0][0] + sum(o for _, o in arch.shapes)
+    layer's output per activation the program computes, and of the gathered batch), and its
+    batch order (int32)."""
+    widths = arch.shapes[0][0] + activations * sum(o for _, o in arch.shapes)
     floats = (8 + 2 * len(SLOTS[optimizer])) * arch.n_params + 4 * batch_size * widths + n
     return 4 * floats
 
 
 def population_size(arch: Architecture, batch_size: int, n: int, optimizer: str,
-                    max_k: int | None = None) -> int:
+                    max_k: int | None = None, activations: int = 1) -> int:
     """K on this worker: the device's useful maximum, bounded by its free memory."""
-    per_run = bytes_per_run(arch, batch_size, n, optimizer)
+    per_run = bytes_per_run(arch, batch_size, n, optimizer, activations)
     gpu_free = gpu_free_memory()
     if gpu_free is not None:
         k = min(GPU_MAX_K, int(GPU_MEMORY_FRACTION * gpu_free) // per_run)
@@ -587,12 +622,12 @@ class PopulationEngine:
 
     def train(self, study: Study, runs: Sequence[Run]) -> list[Outcome | BaseException]:
         results: list[Outcome | BaseException | None] = [None] * len(runs)
-        groups: dict[tuple, list[int]] = {}
+        by_key: dict[tuple, list[int]] = {}
         on_keras: list[int] = []
         for i, run in enumerate(runs):
             try:
                 self.check(study, run)
-                groups.setdefault(group_key(run.config), []).append(i)
+                by_key.setdefault(group_key(run.config), []).append(i)
             except Unsupported:
                 on_keras.append(i)
         if on_keras:
@@ -602,24 +637,32 @@ class PopulationEngine:
                 results[i] = outcome
 
         started = time.perf_counter()
-        work = []  # per group: (real runs' indices, population of runs padded to its group's size)
-        for members in groups.values():
-            first = runs[members[0]]
-            arch, _ = initial_model(study, first.config, first.seed)
+        groups = []  # (activations sharing the program, run indices)
+        for members in by_key.values():
             n = len(example_data(study.example, study.data_seed, "none")[0])
-            k = population_size(arch, first.config.batch_size, n, first.config.optimizer, self.max_k)
+            activations = [runs[i].config.activation for i in members]
+            for shared in shared_activations(activations, len(members) * study.epochs * n):
+                groups.append((shared, [i for i in members if runs[i].config.activation in shared]))
+        work = []  # per group: (real runs' indices, population of runs padded to its group's size, program)
+        for shared, members in groups:
+            first = runs[members[0]]
+            n = len(example_data(study.example, study.data_seed, "none")[0])
+            arch, _ = initial_model(study, first.config, first.seed)
+            k = population_size(arch, first.config.batch_size, n, first.config.optimizer, self.max_k, len(shared))
             size, parts = populations(members, k)
             # A group's clipping kinds are fixed for all its populations: one program per group.
             kinds = frozenset(a for a in CLIP_AXES if any(getattr(runs[i].config, a) is not None for i in members))
-            work.append([(part, [runs[i] for i in part] + [runs[part[-1]]] * (size - len(part)), kinds)
+            work.append([(part, [runs[i] for i in part] + [runs[part[-1]]] * (size - len(part)), (kinds, shared))
                          for part in parts])
-        # Round-robin over the groups: populations trained side by side then belong to different
-        # groups, so their programs compile at the same time instead of one waiting for the other.
-        # Then the longest first: the smallest batches, whose epochs take the most steps (a stable
-        # sort keeps the round-robin among equal ones), so that no thread is left with a long
-        # population at the end while the others idle (measured on the bench set: see README).
-        work = [w for turn in itertools.zip_longest(*work) for w in turn if w is not None]
-        work.sort(key=lambda w: w[1][0].config.batch_size)
+        # Every group's first population first, so that populations trained side by side at the
+        # start belong to different groups and each thread compiles its own program rather than
+        # waiting for the other's. Then the longest first: the smallest batches, whose epochs take
+        # the most steps, so that no thread is left with a long population at the end while the
+        # others idle (measured on the bench set: see README "Speed").
+        def steps_first(w):
+            return w[1][0].config.batch_size
+
+        work = sorted((g[0] for g in work), key=steps_first) + sorted((w for g in work for w in g[1:]), key=steps_first)
         with ThreadPoolExecutor(max_workers=concurrent_populations()) as pool:
             done = pool.map(lambda w: self._train_fitting(study, w[1], w[2]), work)
             for (part, _, _), outcomes in zip(work, done):
@@ -647,22 +690,25 @@ class PopulationEngine:
             raise Unsupported(f"loss {c.loss!r}")
         initial_model(study, c, run.seed)  # raises Unsupported for layers it cannot express
 
-    def _train_fitting(self, study: Study, runs: list[Run], kinds: frozenset) -> list[Outcome | BaseException]:
+    def _train_fitting(self, study: Study, runs: list[Run], program_of: tuple) -> list[Outcome | BaseException]:
         """Train one population; if it runs out of memory, train its halves instead."""
         import tensorflow as tf
 
+        kinds, shared = program_of
         try:
-            return train_population(study, runs, jit=self.jit, clip_kinds=kinds)
+            return train_population(study, runs, jit=self.jit, clip_kinds=kinds, activations=shared)
         except tf.errors.ResourceExhaustedError as exc:
             if len(runs) == 1:
                 return [exc]
             half = len(runs) // 2
-            return self._train_fitting(study, runs[:half], kinds) + self._train_fitting(study, runs[half:], kinds)
+            return (self._train_fitting(study, runs[:half], program_of)
+                    + self._train_fitting(study, runs[half:], program_of))
 
 
-def train_population(study: Study, runs: Sequence[Run], jit: bool = True,
-                     clip_kinds: frozenset | None = None) -> list[Outcome]:
-    """Train the runs of one group in lockstep; returns their outcomes in order."""
+def train_population(study: Study, runs: Sequence[Run], jit: bool = True, clip_kinds: frozenset | None = None,
+                     activations: tuple[str, ...] | None = None) -> list[Outcome]:
+    """Train the runs of one group in lockstep; returns their outcomes in order. `clip_kinds` and
+    `activations` (the program's; by default the runs') choose the program."""
     import tensorflow as tf
 
     from .plateau import Plateau
@@ -687,7 +733,11 @@ def train_population(study: Study, runs: Sequence[Run], jit: bool = True,
 
     if clip_kinds is None:
         clip_kinds = frozenset(a for a in CLIP_AXES if any(getattr(c, a) is not None for c in configs))
-    prog = program(ProgramShape(arch, c0.loss, c0.optimizer, c0.batch_size, n, clip_kinds, jit))
+    if activations is None:
+        activations = tuple(sorted({c.activation for c in configs}))
+    archs = tuple(initial_model(study, replace(c0, activation=a), runs[0].seed)[0] for a in activations)
+    choice = tf.constant(np.array([activations.index(c.activation) for c in configs], dtype=np.int32))
+    prog = program(ProgramShape(archs, c0.loss, c0.optimizer, c0.batch_size, n, clip_kinds, jit))
 
     def per_run(axis: str) -> tf.Tensor:
         return tf.constant(np.array([getattr(c, axis) or 0.0 for c in configs], dtype=np.float32))
@@ -698,7 +748,8 @@ def train_population(study: Study, runs: Sequence[Run], jit: bool = True,
     rows = np.arange(n, dtype=np.int32)
     per_slice = max(1, int(64e6 // (4 * n * (arch.shapes[0][0] + sum(o for _, o in arch.shapes)))))
     initial = [prog.initial([v[a:a + per_slice] for v in theta], tf.gather(x, offset[a:a + per_slice, None] + rows),
-                            tf.gather(y, offset[a:a + per_slice, None] + rows)) for a in range(0, K, per_slice)]
+                            tf.gather(y, offset[a:a + per_slice, None] + rows), choice[a:a + per_slice])
+               for a in range(0, K, per_slice)]
     l0 = np.concatenate([l.numpy() for l, _ in initial])
     a0 = np.concatenate([a.numpy() for _, a in initial])
 
@@ -726,7 +777,7 @@ def train_population(study: Study, runs: Sequence[Run], jit: bool = True,
         perms = {s: batch_order(s, epoch, n) for s in {r.seed for r in runs}}
         order = pad_last_batch(np.stack([offset[k] + perms[runs[k].seed] for k in range(K)]).astype(np.int32), B)
         theta, slots, alive_t, stats, step_norms = prog.epoch(
-            theta, slots, alive_t, tf.constant(steps_done, tf.int32), tf.constant(order), x, y,
+            theta, slots, alive_t, tf.constant(steps_done, tf.int32), tf.constant(order), x, y, choice,
             tf.constant(lr), clipnorm, global_clipnorm, clipvalue)
         stats = {name: t.numpy() for name, t in stats.items()}
         step_norms = step_norms.numpy()
