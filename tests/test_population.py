@@ -411,6 +411,29 @@ def test_a_nonfinite_run_does_not_touch_the_others():
         assert x.first_nonfinite_step is None
 
 
+def test_activations_sharing_a_program_train_as_they_would_apart():
+    """relu and tanh runs in one program (each run selecting its activation) end where the same
+    runs end in a program of their own activation, to rounding; a run given the other
+    activation, or the other's gradient, would be off by far more (relu and tanh runs differ by
+    more than 1e-3 here)."""
+    s = parse('[study]\nname="a"\nexample="exploding_gradients"\nepochs=2\nseeds=[0]\n[grid]\n'
+              'learning_rate=[0.001, 0.01]\nactivation=["relu", "tanh"]', "a.toml")
+    runs = s.plan()
+    n = len(problem(s, runs[0].config, 0).x)
+    assert population.shared_activations([r.config.activation for r in runs], len(runs) * s.epochs * n) == \
+        [("relu", "tanh")]
+    together = population.train_population(s, runs, activations=("relu", "tanh"))
+    apart = {}
+    for activation in ("relu", "tanh"):
+        mine = [r for r in runs if r.config.activation == activation]
+        for run, alone in zip(mine, population.train_population(s, mine, activations=(activation,))):
+            shared = together[runs.index(run)]
+            np.testing.assert_allclose(shared.epoch_loss, alone.epoch_loss, rtol=1e-5)
+            np.testing.assert_allclose(shared.grad_norms, alone.grad_norms, rtol=1e-4)
+            apart[(activation, run.config.learning_rate)] = alone.epoch_loss[-1]
+    assert all(abs(apart[("relu", lr)] - apart[("tanh", lr)]) > 1e-3 for lr in (0.001, 0.01))
+
+
 def test_user_builders_train_on_keras_and_say_so():
     s = parse('[study]\nname="u"\nexample="builders:tiny_model"\nepochs=1\nseeds=[0]', "u.toml")
     [out] = PopulationEngine().train(s, s.plan())
