@@ -10,8 +10,9 @@ the last place), and the population engine again from initial weights moved one 
 s under such changes cannot be held to agree more closely with another implementation that
 rounds differently at every op. So while both are finite each epoch's loss must agree to
 max(1e-4, 10 x s), s being the largest spread of either engine's perturbed runs up to that
-epoch; the first non-finite step to within one step; and the verdicts on at least 99 % of runs,
-with every disagreement printed alongside the perturbed runs' verdicts.
+epoch; the first non-finite step to within one step (where rounding moves it, to within one
+step of a step some perturbed run of the other engine reaches); and the verdicts on at least
+99 % of runs, with every disagreement printed alongside the perturbed runs' verdicts.
 
 Rounding-decided runs. Where training is chaotic a run's verdict is decided by float rounding:
 some perturbed run of either engine reaches another verdict than that engine unperturbed. Such
@@ -354,7 +355,14 @@ def test_population_matches_keras(example, request):
                                 f"(relative {dev:.2e} > tolerance {tol:.2e}; the engines' own spread {spread[e]:.2e})")
                 break
         if p.first_nonfinite_step is not None and k.first_nonfinite_step is not None:
-            if abs(p.first_nonfinite_step - k.first_nonfinite_step) > 1:
+            # Within one step of Keras's; where rounding moves the step, the verdicts' rule: the
+            # engines' steps under rounding meet (the population's is one a perturbed Keras run
+            # reaches, or Keras's one a perturbed population run reaches, to within one step).
+            def near(step, steps):
+                return any(other is not None and abs(step - other) <= 1 for other in steps)
+
+            if not (near(p.first_nonfinite_step, [k.first_nonfinite_step] + [kp.first_nonfinite_step for kp in others])
+                    or near(k.first_nonfinite_step, [pp.first_nonfinite_step for pp in pop_others])):
                 problems.append(f"{label}: first non-finite step {p.first_nonfinite_step} vs keras "
                                 f"{k.first_nonfinite_step} ({perturbed_verdicts})")
         if sp != sk:

@@ -72,7 +72,6 @@ out of memory is split in half and retried, so the worker never crashes on it.
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import threading
 import time
@@ -637,16 +636,15 @@ class PopulationEngine:
                 results[i] = outcome
 
         started = time.perf_counter()
+        n = len(example_data(study.example, study.data_seed, "none")[0]) if by_key else 0
         groups = []  # (activations sharing the program, run indices)
         for members in by_key.values():
-            n = len(example_data(study.example, study.data_seed, "none")[0])
             activations = [runs[i].config.activation for i in members]
             for shared in shared_activations(activations, len(members) * study.epochs * n):
                 groups.append((shared, [i for i in members if runs[i].config.activation in shared]))
         work = []  # per group: (real runs' indices, population of runs padded to its group's size, program)
         for shared, members in groups:
             first = runs[members[0]]
-            n = len(example_data(study.example, study.data_seed, "none")[0])
             arch, _ = initial_model(study, first.config, first.seed)
             k = population_size(arch, first.config.batch_size, n, first.config.optimizer, self.max_k, len(shared))
             size, parts = populations(members, k)
