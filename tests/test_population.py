@@ -69,7 +69,7 @@ import pytest
 import sweep.engines.keras_engine as keras_engine
 import sweep.engines.population as population
 from sweep.catalog import EXAMPLES
-from sweep.engines import Outcome, problem
+from sweep.engines import Outcome, example_data, problem
 from sweep.engines.keras_engine import KerasEngine
 from sweep.engines.plateau import Plateau
 from sweep.engines.population import PopulationEngine, initial_model, populations, population_size
@@ -417,7 +417,7 @@ def test_activations_sharing_a_program_train_as_they_would_apart():
     s = parse('[study]\nname="a"\nexample="exploding_gradients"\nepochs=2\nseeds=[0]\n[grid]\n'
               'learning_rate=[0.001, 0.01]\nactivation=["relu", "tanh"]', "a.toml")
     runs = s.plan()
-    n = len(problem(s, runs[0].config, 0).x)
+    n = len(example_data(s.example, s.data_seed, "none")[0])
     assert population.shared_activations([r.config.activation for r in runs], len(runs) * s.epochs * n) == \
         [("relu", "tanh")]
     together = population.train_population(s, runs, activations=("relu", "tanh"))

@@ -637,21 +637,19 @@ class PopulationEngine:
 
         started = time.perf_counter()
         n = len(example_data(study.example, study.data_seed, "none")[0]) if by_key else 0
-        groups = []  # (activations sharing the program, run indices)
-        for members in by_key.values():
-            activations = [runs[i].config.activation for i in members]
-            for shared in shared_activations(activations, len(members) * study.epochs * n):
-                groups.append((shared, [i for i in members if runs[i].config.activation in shared]))
         work = []  # per group: (real runs' indices, population of runs padded to its group's size, program)
-        for shared, members in groups:
-            first = runs[members[0]]
-            arch, _ = initial_model(study, first.config, first.seed)
-            k = population_size(arch, first.config.batch_size, n, first.config.optimizer, self.max_k, len(shared))
-            size, parts = populations(members, k)
-            # A group's clipping kinds are fixed for all its populations: one program per group.
-            kinds = frozenset(a for a in CLIP_AXES if any(getattr(runs[i].config, a) is not None for i in members))
-            work.append([(part, [runs[i] for i in part] + [runs[part[-1]]] * (size - len(part)), (kinds, shared))
-                         for part in parts])
+        for same_key in by_key.values():
+            activations = [runs[i].config.activation for i in same_key]
+            for shared in shared_activations(activations, len(same_key) * study.epochs * n):
+                members = [i for i in same_key if runs[i].config.activation in shared]
+                first = runs[members[0]]
+                arch, _ = initial_model(study, first.config, first.seed)
+                k = population_size(arch, first.config.batch_size, n, first.config.optimizer, self.max_k, len(shared))
+                size, parts = populations(members, k)
+                # A group's clipping kinds are fixed for all its populations: one program per group.
+                kinds = frozenset(a for a in CLIP_AXES if any(getattr(runs[i].config, a) is not None for i in members))
+                work.append([(part, [runs[i] for i in part] + [runs[part[-1]]] * (size - len(part)),
+                              (kinds, shared)) for part in parts])
         # Every group's first population first, so that populations trained side by side at the
         # start belong to different groups and each thread compiles its own program rather than
         # waiting for the other's. Then the longest first: the smallest batches, whose epochs take
