@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The sweep must outlast the driver's first commit (COMMIT_SECONDS after the first row) by a
 # wide margin, or on a fast machine one commit holds every run and the kill cannot land
-# midway: 8 epochs x 16 runs did, on CI. 40 epochs x 32 runs stream rows for ~24 s on this
-# 2-core machine, so a machine 2x faster still has half its runs left at the first commit.
+# midway: 8 epochs x 16 runs did, on CI. 40 epochs x 32 runs stream rows for 38 s on this
+# 2-core machine (`sweep run` of the quick study, rows' ends from started_at + wall_seconds), so
+# a machine 2x faster still has most of its runs left at the first commit.
 STUDY = '''[study]
 name = "resume"
 example = "exploding_gradients"
