@@ -67,7 +67,7 @@ def test_every_step_from_keras_state_gives_keras_weights(example, axes, optimize
 
     arch, _ = initial_model(s, c, 0)
     kinds = frozenset(a for a in CLIP_AXES if getattr(c, a) is not None)
-    prog = Program(ProgramShape((arch,), c.loss, c.optimizer, c.batch_size, len(p.x), kinds, True))
+    prog = Program(ProgramShape((arch,), c.loss, c.optimizer, len(p.x), kinds, True))
     pop_step = tf.function(prog._train_step, jit_compile=True)
     per_run = {a: tf.constant([getattr(c, a) or 0.0], tf.float32) for a in CLIP_AXES}
     B, n = c.batch_size, len(p.x)
