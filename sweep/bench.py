@@ -11,15 +11,21 @@ this order, in this process unless said otherwise:
    Keras builds for the initial weights and every XLA compilation included.
 3. `plain_fit`: a fixed sample of the set trained the way the documents train,
    `model.compile(...)` and `model.fit(x, y, epochs, batch_size, verbose=0)`,
-   one after the other (one warm-up fit first, untimed, so that TensorFlow's
-   one-time start is not charged to the first run).
-4. `keras_pool`: the same sample on the keras engine through the worker pool
+   one after the other (one warm-up fit before the first repetition, untimed,
+   so that TensorFlow's one-time start is not charged to the first run).
+4. Steps 2 and 3 again, REPEATS pairs in all (one with --quick). The speed of
+   a virtual machine drifts by tens of percent over minutes, so one timing of
+   each side, a minute apart, gives a ratio that moves with the drift; a pair
+   measured back to back shares it. `speedup` is the median of the pairs'
+   ratios, and every pair is reported.
+5. `keras_pool`: the same sample on the keras engine through the worker pool
    (`sweep.pool.RayPool` on a private local Ray, one actor per CPU); one run
    per actor first, untimed, so that actor start-up is not charged.
 
 Every measurement is a row of `results/bench.parquet` (written atomically,
-with `schema_version` in its metadata). The last line printed is
-`speedup: N.Nx`, population runs/s over plain-fit runs/s::
+with `schema_version` in its metadata; `repetition` numbers the pairs). The
+last line printed is `speedup: N.Nx`, the median over the pairs of population
+runs/s over plain-fit runs/s::
 
     sweep bench --quick                                   # doctest: +SKIP
 """
@@ -30,7 +36,7 @@ import resource
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -51,10 +57,12 @@ GRID = {
 }
 QUICK_GRID = {"learning_rate": [0.001, 0.01, 0.1, 1.0], "clipnorm": ["none", 1.0], "batch_size": [32],
               "activation": ["relu"]}
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+REPEATS = 3
 
 COLUMNS = pa.schema([
     ("measurement", pa.string()),
+    ("repetition", pa.int64()),
     ("runs", pa.int64()),
     ("seconds", pa.float64()),
     ("runs_per_s", pa.float64()),
@@ -83,7 +91,7 @@ class Measurement:
     ceiling_fraction: float | None = None
     peak_rss_mib: float | None = None
     detail: str = ""
-    extra: dict = field(default_factory=dict)
+    repetition: int = 0
 
     @property
     def runs_per_s(self) -> float | None:
@@ -143,8 +151,12 @@ def training_flops(study: Study, outcomes) -> float:
 
 
 def population(study: Study, runs: list[Run], ceiling: float) -> Measurement:
+    from .engines import population as engine_module
     from .engines.population import CPU_MAX_K, PopulationEngine, concurrent_populations
 
+    # From cold every time: no compiled program and no Keras build kept from an earlier pass.
+    engine_module.program.cache_clear()
+    engine_module._initial.cache_clear()
     engine = PopulationEngine()
     t0 = time.perf_counter()
     outcomes = engine.train(study, runs)
@@ -159,7 +171,7 @@ def population(study: Study, runs: list[Run], ceiling: float) -> Measurement:
                               f"{concurrent_populations()} populations at a time")
 
 
-def plain_fit(study: Study, runs: list[Run]) -> Measurement:
+def plain_fit(study: Study, runs: list[Run], warm_up: bool = True) -> Measurement:
     """The documents' way: build, compile, fit, one run after another."""
     import keras
 
@@ -174,7 +186,8 @@ def plain_fit(study: Study, runs: list[Run]) -> Measurement:
         model.compile(optimizer=make_optimizer(run.config), loss="binary_crossentropy", metrics=["accuracy"])
         model.fit(x, y, epochs=epochs, batch_size=run.config.batch_size, verbose=0)
 
-    fit(runs[0], 1)  # warm-up, untimed
+    if warm_up:
+        fit(runs[0], 1)  # untimed
     t0 = time.perf_counter()
     for run in runs:
         fit(run, study.epochs)
@@ -207,7 +220,8 @@ def keras_pool(study: Study, runs: list[Run]) -> Measurement:
 
 def run_bench(quick: bool = False, results: str | Path = "results",
               progress: Callable[[str], None] = lambda s: None) -> list[Measurement]:
-    """Run every measurement, write results/bench.parquet, return the measurements."""
+    """Run every measurement, write results/bench.parquet, return the measurements (the
+    population and plain-fit pairs in the order they were taken)."""
     from .cluster import import_tensorflow
 
     tf = import_tensorflow()
@@ -219,17 +233,20 @@ def run_bench(quick: bool = False, results: str | Path = "results",
     started = datetime.now(timezone.utc)
     progress("matmul ceiling")
     ceiling = matmul_ceiling()
-    progress(f"population engine: {len(runs)} runs x {study.epochs} epochs")
-    pop = population(study, runs, ceiling.gflop_per_s)
-    progress(f"plain model.fit loop: {len(few)} runs")
-    fit = plain_fit(study, few)
+    measurements = [ceiling]
+    repeats = 1 if quick else REPEATS
+    for r in range(repeats):
+        progress(f"pair {r + 1}/{repeats}: population engine, {len(runs)} runs x {study.epochs} epochs")
+        measurements.append(replace(population(study, runs, ceiling.gflop_per_s), repetition=r))
+        progress(f"pair {r + 1}/{repeats}: plain model.fit loop, {len(few)} runs")
+        measurements.append(replace(plain_fit(study, few, warm_up=r == 0), repetition=r))
     progress(f"keras engine through the worker pool: {len(few)} runs")
-    pool = keras_pool(study, few)
-    measurements = [ceiling, pop, fit, pool]
+    measurements.append(keras_pool(study, few))
 
     rows = []
     for m in measurements:
-        rows.append({"measurement": m.measurement, "runs": m.runs, "seconds": m.seconds, "runs_per_s": m.runs_per_s,
+        rows.append({"measurement": m.measurement, "repetition": m.repetition, "runs": m.runs,
+                     "seconds": m.seconds, "runs_per_s": m.runs_per_s,
                      "gflop_per_s": m.gflop_per_s, "ceiling_fraction": m.ceiling_fraction,
                      "peak_rss_mib": m.peak_rss_mib, "epochs": study.epochs, "quick": quick, "detail": m.detail,
                      "cpus": len(__import__("os").sched_getaffinity(0)),
@@ -248,6 +265,19 @@ def write(rows: list[dict], path: Path) -> None:
     write_atomic(table, path)
 
 
+def pair_speedups(measurements: list[Measurement]) -> list[float]:
+    """Population runs/s over plain-fit runs/s, for each pair measured back to back."""
+    pop = {m.repetition: m for m in measurements if m.measurement == "population"}
+    fit = {m.repetition: m for m in measurements if m.measurement == "plain_fit"}
+    return [pop[r].runs_per_s / fit[r].runs_per_s for r in sorted(pop)]
+
+
 def speedup(measurements: list[Measurement]) -> float:
-    by = {m.measurement: m for m in measurements}
-    return by["population"].runs_per_s / by["plain_fit"].runs_per_s
+    """The median of the pairs' speedups.
+
+    >>> pairs = [Measurement("population", 792, s, repetition=r) for r, s in enumerate([20.0, 24.0, 18.0])]
+    >>> pairs += [Measurement("plain_fit", 12, s, repetition=r) for r, s in enumerate([30.0, 33.0, 30.0])]
+    >>> [round(x, 1) for x in pair_speedups(pairs)], round(speedup(pairs), 1)
+    ([99.0, 90.8, 110.0], 99.0)
+    """
+    return float(np.median(pair_speedups(measurements)))

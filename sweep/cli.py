@@ -269,21 +269,27 @@ def reproduce(quick: bool, results_dir: str, engine: str | None) -> None:
 def bench(quick: bool, results_dir: str) -> None:
     """Time the population engine, the keras engine through the pool and the plain Keras loop on
     the same configurations; the last line is `speedup: N.Nx` (population / plain loop)."""
-    from .bench import run_bench, speedup
+    from .bench import pair_speedups, run_bench, speedup
 
     measurements = run_bench(quick=quick, results=results_dir, progress=lambda s: click.echo(s, err=True))
+    details = {m.measurement: m.detail for m in measurements}
     table = Table(title=f"sweep bench{' --quick' if quick else ''}: exploding_gradients, written to "
                         f"{Path(results_dir) / 'bench.parquet'}",
-                  caption="\n".join(f"{m.measurement}: {m.detail}" for m in measurements), caption_justify="left")
+                  caption="\n".join(f"{name}: {detail}" for name, detail in details.items()), caption_justify="left")
     for c in ("measurement", "runs", "seconds", "runs/s", "GFLOP/s", "of ceiling", "peak RSS MiB"):
         table.add_column(c, justify="left" if c == "measurement" else "right", no_wrap=True)
+    paired = ("population", "plain_fit")
     for m in measurements:
-        table.add_row(m.measurement, str(m.runs) if m.runs else "-", f"{m.seconds:.2f}",
+        name = f"{m.measurement} {m.repetition + 1}" if m.measurement in paired else m.measurement
+        table.add_row(name, str(m.runs) if m.runs else "-", f"{m.seconds:.2f}",
                       f"{m.runs_per_s:.2f}" if m.runs_per_s else "-",
                       f"{m.gflop_per_s:.1f}" if m.gflop_per_s else "-",
                       f"{m.ceiling_fraction:.0%}" if m.ceiling_fraction else "-",
                       f"{m.peak_rss_mib:.0f}" if m.peak_rss_mib else "-")
     console.print(table)
+    pairs = pair_speedups(measurements)
+    if len(pairs) > 1:
+        click.echo(f"pairs (population N / plain_fit N): {', '.join(f'{x:.1f}x' for x in pairs)}; median below")
     click.echo(f"speedup: {speedup(measurements):.1f}x")
 
 
