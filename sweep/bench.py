@@ -151,12 +151,9 @@ def training_flops(study: Study, outcomes) -> float:
 
 
 def population(study: Study, runs: list[Run], ceiling: float) -> Measurement:
-    from .engines import population as engine_module
-    from .engines.population import CPU_MAX_K, PopulationEngine, concurrent_populations
+    from .engines.population import CPU_MAX_K, PopulationEngine, concurrent_populations, forget
 
-    # From cold every time: no compiled program and no Keras build kept from an earlier pass.
-    engine_module.program.cache_clear()
-    engine_module._initial.cache_clear()
+    forget()  # from cold every time, whatever an earlier pass compiled
     engine = PopulationEngine()
     t0 = time.perf_counter()
     outcomes = engine.train(study, runs)

@@ -507,6 +507,13 @@ def program(shape: ProgramShape) -> Program:
     return Program(shape)
 
 
+def forget() -> None:
+    """Drop the compiled programs and the Keras builds, so that the next call starts cold (as
+    `sweep bench` times it)."""
+    program.cache_clear()
+    _initial.cache_clear()
+
+
 # ---------------------------------------------------------------------------------------------
 # How many runs one program holds, and how many programs run at once.
 
