@@ -407,8 +407,8 @@ class Program:
         self.loss = per_sample_loss(shape.loss)
         self.accuracy = per_sample_accuracy(shape.archs[0].accuracy)
         # One trace serves every K and batch size (XLA still compiles each): tracing `_epoch` took
-        # 0.8 s and `_initial` 0.35 s per group here (profiled). A fixed signature also makes l0's
-        # rounding independent of which slice of runs happened to be evaluated first.
+        # 0.8 s a group here and `_initial`'s first call 0.4 s (profiled). A fixed signature also
+        # makes l0's rounding independent of which slice of runs happened to be evaluated first.
         arch = shape.archs[0]
         theta = [tf.TensorSpec([None, *v], tf.float32) for v in arch.variable_shapes]
         per_run = tf.TensorSpec([None], tf.float32)
