@@ -59,6 +59,8 @@ QUICK_GRID = {"learning_rate": [0.001, 0.01, 0.1, 1.0], "clipnorm": ["none", 1.0
               "activation": ["relu"]}
 SCHEMA_VERSION = "2"
 REPEATS = 3
+# The two measurements taken as back-to-back pairs; their ratio is the speedup.
+PAIRED = ("population", "plain_fit")
 
 COLUMNS = pa.schema([
     ("measurement", pa.string()),
@@ -264,8 +266,7 @@ def write(rows: list[dict], path: Path) -> None:
 
 def pair_speedups(measurements: list[Measurement]) -> list[float]:
     """Population runs/s over plain-fit runs/s, for each pair measured back to back."""
-    pop = {m.repetition: m for m in measurements if m.measurement == "population"}
-    fit = {m.repetition: m for m in measurements if m.measurement == "plain_fit"}
+    pop, fit = ({m.repetition: m for m in measurements if m.measurement == name} for name in PAIRED)
     return [pop[r].runs_per_s / fit[r].runs_per_s for r in sorted(pop)]
 
 

@@ -269,7 +269,7 @@ def reproduce(quick: bool, results_dir: str, engine: str | None) -> None:
 def bench(quick: bool, results_dir: str) -> None:
     """Time the population engine, the keras engine through the pool and the plain Keras loop on
     the same configurations; the last line is `speedup: N.Nx` (population / plain loop)."""
-    from .bench import pair_speedups, run_bench, speedup
+    from .bench import PAIRED, pair_speedups, run_bench, speedup
 
     measurements = run_bench(quick=quick, results=results_dir, progress=lambda s: click.echo(s, err=True))
     details = {m.measurement: m.detail for m in measurements}
@@ -278,9 +278,8 @@ def bench(quick: bool, results_dir: str) -> None:
                   caption="\n".join(f"{name}: {detail}" for name, detail in details.items()), caption_justify="left")
     for c in ("measurement", "runs", "seconds", "runs/s", "GFLOP/s", "of ceiling", "peak RSS MiB"):
         table.add_column(c, justify="left" if c == "measurement" else "right", no_wrap=True)
-    paired = ("population", "plain_fit")
     for m in measurements:
-        name = f"{m.measurement} {m.repetition + 1}" if m.measurement in paired else m.measurement
+        name = f"{m.measurement} {m.repetition + 1}" if m.measurement in PAIRED else m.measurement
         table.add_row(name, str(m.runs) if m.runs else "-", f"{m.seconds:.2f}",
                       f"{m.runs_per_s:.2f}" if m.runs_per_s else "-",
                       f"{m.gflop_per_s:.1f}" if m.gflop_per_s else "-",

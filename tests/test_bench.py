@@ -3,9 +3,8 @@ is the speedup. Structure only: a benchmark's figures are never asserted."""
 
 import re
 
-import pytest
-
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from sweep.cli import main
