@@ -11,8 +11,10 @@ import pytest
 
 import sweep
 from sweep import study as driver
-from sweep.pool import LocalPool, RayPool, execute
+from sweep.pool import LocalPool
+from sweep.raypool import RayPool
 from sweep.spec import parse
+from sweep.workers import execute
 
 from scripted_engine import ScriptedEngine, ship_to_workers
 
@@ -70,7 +72,7 @@ def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypat
         s = make_study("gpus", lrs=(0.001, 0.01), clip=("none",))
         pool = RayPool(s, ScriptedEngine(seconds=0.05))
         summary = driver.run(s, tmp_path, pool=pool)
-        infos = [ray.get(slot.actor.describe.remote()) for slot in pool.slots_] if pool.slots_ else []
+        infos = [ray.get(slot.actor.describe.remote()) for slot in pool.actors.slots] if pool.actors.slots else []
         assert summary.workers == 4
         # The pool closed its actors; the rows say who trained what.
         t = sweep.load_trials(tmp_path / "gpus")
@@ -79,7 +81,7 @@ def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypat
         assert infos == []
         # Fresh actors, to look at what each one was given.
         with RayPool(s, ScriptedEngine()) as pool:
-            infos = [ray.get(slot.starting) for slot in pool.slots_]
+            infos = [ray.get(slot.starting) for slot in pool.actors.slots]
         by_node = {}
         for info in infos:
             by_node.setdefault(info["node_id"], []).append(info["cuda_visible_devices"])
@@ -106,10 +108,10 @@ def test_an_actor_killed_mid_batch_loses_no_run(local_ray, tmp_path):
     def kill_a_busy_actor(summary, rows):
         if killed:
             return
-        busy = [slot for slot in pool.slots_ if slot.gen is not None and slot.info]
+        busy = [slot for slot in pool.actors.slots if slot.gen is not None and slot.info]
         if busy:
             os.kill(busy[0].info["pid"], signal.SIGKILL)
-            killed.extend(slot.info.get("name") for slot in pool.slots_)
+            killed.extend(slot.info.get("name") for slot in pool.actors.slots)
 
     driver.run(s, tmp_path, pool=pool, on_batch=kill_a_busy_actor)
     t = sweep.load_trials(tmp_path / "killed")
