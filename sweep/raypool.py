@@ -27,10 +27,11 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from .engines import Engine
 from .pool import batch_size
 from .reports import rows_for
 from .spec import Run, Study
-from .workers import Engine, RunRows, Worker, WorkerStartError, engine_name, live_nodes, place
+from .workers import RunRows, Worker, WorkerStartError, engine_name, live_nodes, place
 
 
 @dataclass

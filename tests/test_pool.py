@@ -11,10 +11,10 @@ import pytest
 
 import sweep
 from sweep import study as driver
-from sweep.pool import LocalPool
+from sweep.pool import LocalPool, batch_size
 from sweep.raypool import RayPool
 from sweep.spec import parse
-from sweep.workers import execute
+from sweep.workers import Placement, WorkerStartError, execute, place
 
 from scripted_engine import ScriptedEngine, ship_to_workers
 
@@ -153,3 +153,16 @@ def test_local_pool_trains_in_process(tmp_path):
     s = make_study("local", lrs=(0.01, 1.0), seeds=(0,), clip=("none",))
     summary = driver.run(s, tmp_path, pool=LocalPool(s, ScriptedEngine()))
     assert summary.counts == {"stable": 1, "nan": 1}
+
+
+def test_workers_are_placed_one_per_gpu_else_one_per_cpu_slot():
+    assert place([{"CPU": 4.0, "GPU": 2.0}, {"CPU": 4.0, "GPU": 1.0}], cpus_per_worker=2) == \
+        Placement(3, {"num_gpus": 1, "num_cpus": 1}, None)
+    assert place([{"CPU": 8.0}, {"CPU": 3.0}], cpus_per_worker=2) == Placement(5, {"num_cpus": 2, "num_gpus": 0}, 2)
+    with pytest.raises(WorkerStartError, match=r"--cpus-per-worker 16: .*\[8.0\]"):
+        place([{"CPU": 8.0}], cpus_per_worker=16)
+
+
+def test_a_batch_shares_the_waiting_runs_among_idle_workers_up_to_the_limit():
+    assert [batch_size(n, idle=4, limit=8) for n in (0, 1, 4, 5, 32, 33, 100)] == [1, 1, 1, 2, 8, 8, 8]
+    assert batch_size(7, idle=0, limit=8) == 7
