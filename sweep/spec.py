@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import BASE_DEFAULTS, EXAMPLES
-from .fields import (REQUIRED, Field, check_section, builder_problem, example_ref, integer, number, one_of,
+from .fields import (REQUIRED, Field, builder_problem, check_section, example_ref, integer, number, one_of,
                      plain_name, positive_integer, positive_number, positive_number_or_none, seed_list, values_of)
 from .verdict import Thresholds
 
