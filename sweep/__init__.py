@@ -4,9 +4,8 @@
     >>> trials = sweep.load_trials("results/quickstart")   # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
-from .maps import load_boundary, load_map  # noqa: E402
-from .reports import load_curves, load_trials  # noqa: E402
+from ._version import __version__
+from .maps import load_boundary, load_map
+from .reports import load_curves, load_trials
 
 __all__ = ["__version__", "load_trials", "load_curves", "load_map", "load_boundary"]

@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from . import __version__
+from ._version import __version__
 from .catalog import EXAMPLES
 from .spec import Run, Study, parse
 

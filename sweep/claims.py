@@ -35,7 +35,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, maps, reports
+from . import maps, reports
+from ._version import __version__
 from .catalog import EXAMPLES, Example, direct_evaluation
 from .spec import SETTING_AXES, Study, config_from_dict, load, parse
 from .spec import format_value as _fmt

@@ -1,4 +1,4 @@
-"""The study's Optuna copy: storage, trials made from report rows, reconciliation on start.
+"""The study's Optuna copy: trials made from report rows, opened and reconciled on start, added per commit.
 
 Parquet `trials/` is the record; Optuna holds a copy for its dashboard and
 its samplers. Every finished run (grid and boundary samplers) becomes one
@@ -15,10 +15,7 @@ The tpe sampler asks Optuna for configurations instead: one trial per
 configuration, trained on every seed, told the mean final loss when its
 last seed is recorded (see `record`).
 
-Storage: by default an Optuna journal file, `results/<study>/study.journal`
-(appends, ~0.5 ms per run here; SQLite took ~11 ms); `--storage URL` for a
-database server (any URL `optuna.create_study` takes, or `redis://` for the
-journal on Redis).
+Where the copy is kept (a journal file by default): `optuna_journal`.
 
     >>> from sweep.spec import parse
     >>> from sweep.optuna_study import trial_for_row
@@ -33,19 +30,19 @@ journal on Redis).
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-import os
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from . import faults
+from .optuna_journal import JOURNAL, append_trials, journal_copy_class, open_storage, sync
 from .spec import AXES, Study
 
-JOURNAL = "study.journal"
+if TYPE_CHECKING:
+    import optuna
+
 # Verdicts that make a run infeasible for Optuna's constrained samplers.
 UNSTABLE = ("nan", "diverged", "unstable")
 FAILED = ("error", "timeout")
@@ -144,129 +141,101 @@ def config_outcome(rows: Sequence[Mapping]) -> tuple[float | None, float, dict]:
     return value, unstable, attrs
 
 
-def _repair_journal(path: Path) -> None:
-    """A driver killed mid-append leaves a last line without its newline; the next append
-    would glue onto it and make the journal unreadable. Cut the torn tail."""
-    if not path.exists() or path.stat().st_size == 0:
+def open_study(out: Path, study: Study, storage_url: str | None) -> "optuna.Study":
+    """The Optuna study of this sweep study, created or loaded; one made for another plan is refused.
+
+    A new one gets the study's description as user attributes, the plan digest last: it
+    marks them complete, so a driver killed between two of them writes them all again at
+    the next start."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ostudy = optuna.create_study(study_name=study.name, storage=open_storage(out, storage_url),
+                                 load_if_exists=True, direction="minimize")
+    digest = study.plan_digest()
+    stored = ostudy.user_attrs.get("plan_digest")
+    if stored is not None and stored != digest:
+        raise StorageConflict(f"{storage_url or out / JOURNAL}: Optuna study {study.name!r} was made "
+                              "for a different plan; use a new study name or another --storage")
+    if stored is None:
+        for key, value in {"example": study.example, "sampler": study.sampler, "epochs": study.epochs,
+                           "seeds": list(study.seeds), "planned_runs": len(study.plan()),
+                           "plan_digest": digest}.items():
+            ostudy.set_user_attr(key, value)
+            faults.point("start.optuna")
+    return ostudy
+
+
+def copied_and_running(ostudy: "optuna.Study") -> tuple[set[int], list]:
+    """The plan indices (`trial`) the copy already holds, and its RUNNING trials (asked, never told)."""
+    from optuna.trial import TrialState
+
+    copied: set[int] = set()
+    running = []
+    for t in ostudy.get_trials(deepcopy=False):
+        if t.state == TrialState.RUNNING:
+            running.append(t)
+        elif "trial" in t.user_attrs:
+            copied.add(int(t.user_attrs["trial"]))
+        else:
+            copied.update(int(i) for i in t.user_attrs.get("trials") or [])
+    return copied, running
+
+
+def by_config(rows: Iterable[Mapping]) -> dict[str, dict[int, Mapping]]:
+    """Rows grouped: config_id -> seed -> row."""
+    out: dict[str, dict[int, Mapping]] = defaultdict(dict)
+    for r in rows:
+        out[r["config_id"]][int(r["seed"])] = r
+    return out
+
+
+def tell_config(ostudy: "optuna.Study", number: int, rows: Sequence[Mapping]) -> None:
+    """Finish an asked tpe trial from its configuration's rows, one per seed."""
+    from optuna.trial import TrialState
+
+    value, unstable, attrs = config_outcome(rows)
+    storage = ostudy._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(ostudy._study_id, number)
+    for key, v in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, v)
+    if value is None:
+        ostudy.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         return
-    with open(path, "rb+") as fh:
-        fh.seek(-1, os.SEEK_END)
-        if fh.read(1) == b"\n":
-            return
-        data = fh.seek(0) or fh.read()
-        fh.truncate(data.rfind(b"\n") + 1)
-        fh.flush()
-        os.fsync(fh.fileno())
+    for key, v in constraint(unstable).items():
+        storage.set_trial_system_attr(trial_id, key, v)
+    ostudy.tell(number, value, skip_if_finished=True)
 
 
-def _append_rows(storage, study_id: int, rows: Sequence[Mapping], dists: dict) -> None:
-    """`add_trials([trial_for_row(...) ...])` for the journal file, as one append.
+def config_trials(study: Study, configs: Sequence[Sequence[Mapping]]) -> list:
+    """Finished tpe trials of configurations recorded in Parquet whose asked trial was lost."""
+    from optuna.trial import TrialState, create_trial
 
-    Optuna's `add_trials` validates each trial, writes it to the journal and reads the
-    journal back, one trial at a time: ~0.5-1 ms per run here, the driver's whole budget.
-    This writes the CREATE_TRIAL entries `JournalStorage.create_new_trial` would (Optuna 5's
-    journal format; tests/test_optuna_copy.py checks they read back the same), all at once;
-    the storage reads them back at its next read, which a grid study never needs in-session."""
-    from optuna.distributions import distribution_to_json
-    from optuna.storages.journal._storage import JournalOperation
-
-    now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    dist_json = {k: distribution_to_json(d) for k, d in dists.items()}
-    head = {"op_code": JournalOperation.CREATE_TRIAL, "worker_id": storage._replay_result.worker_id,
-            "study_id": study_id, "datetime_start": now, "datetime_complete": now, "values": None,
-            "distributions": dist_json, "intermediate_values": {}}
-    logs = []
-    for row in rows:
-        t = _row_trial(row, dists)
-        t["params"] = {k: dists[k].to_internal_repr(v) for k, v in t["params"].items()}
-        logs.append(head | t)
-    with storage._thread_lock:
-        storage._backend.append_logs(logs)
-
-
-def _journal_backend(path: Path):
-    """Optuna's journal file, appended without an fsync per trial.
-
-    The journal is a copy that `OptunaRecord.reconcile` rebuilds from the Parquet record at
-    every start, and a torn tail is cut (`_repair_journal`); an fsync per trial (~1.7 ms
-    here) would be the largest cost of the driver. `OptunaRecord` syncs once per commit.
-    Nor is Optuna's lock file taken per append: the driver is the only writer, which the
-    study directory's driver lock ensures (readers such as optuna-dashboard take no lock)."""
-    return journal_copy_class()(str(path))
-
-
-@functools.cache
-def journal_copy_class() -> type:
-    """The journal file backend class `_journal_backend` uses (defined once Optuna is imported)."""
-    from optuna.storages.journal import JournalFileBackend
-
-    class JournalCopy(JournalFileBackend):
-        def append_logs(self, logs: list[dict]) -> None:
-            if not logs:
-                return  # an empty line would make the journal unreadable
-            data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode()
-            with open(self._file_path, "ab") as fh:
-                # Two writes with a fault point between, so the suite can tear a line as a
-                # crash or a full disk can (`_repair_journal` cuts it): one more syscall.
-                fh.write(data[:len(data) // 2])
-                fh.flush()
-                faults.point("journal.append")
-                fh.write(data[len(data) // 2:])
-
-        def sync(self) -> None:
-            with open(self._file_path, "rb") as fh:
-                os.fsync(fh.fileno())
-
-    return JournalCopy
-
-
-def open_storage(out: Path, url: str | None):
-    """The storage for this study: `url`, or the journal file in the study directory.
-
-    The caller holds the study directory's driver lock, so a journal lock file left by a
-    killed driver is stale and removed."""
-    if url:
-        if url.startswith(("redis://", "rediss://")):
-            from optuna.storages.journal import JournalRedisBackend, JournalStorage
-
-            return JournalStorage(JournalRedisBackend(url))
-        return url
-    from optuna.storages.journal import JournalStorage
-
-    path = out / JOURNAL
-    _repair_journal(path)
-    lock = Path(f"{path}.lock")
-    if lock.is_symlink() or lock.exists():
-        lock.unlink()
-    return JournalStorage(_journal_backend(path))
+    dists = distributions(study, with_seed=False)
+    trials = []
+    for rows in configs:
+        value, unstable, attrs = config_outcome(rows)
+        params = {a: _param(rows[0][a]) for a in dists}
+        attrs["config_id"] = rows[0]["config_id"]
+        if value is None:
+            trials.append(create_trial(state=TrialState.FAIL, params=params, distributions=dists, user_attrs=attrs))
+        else:
+            trials.append(create_trial(params=params, distributions=dists, value=value, user_attrs=attrs,
+                                       system_attrs=constraint(unstable)))
+    return trials
 
 
 class OptunaRecord:
-    """The Optuna study of one sweep study: opened (and reconciled) once per session."""
+    """The Optuna study of one sweep study: opened (and reconciled) once per session, then
+    given the rows of every commit. Grid and boundary studies copy one trial per run; a tpe
+    study (`per_config`) has one trial per configuration, told when its last seed is recorded."""
 
     def __init__(self, out: Path, study: Study, storage_url: str | None = None):
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = study
         self.per_config = study.sampler == "tpe"
         self.dists = distributions(study)
-        self.ostudy = optuna.create_study(study_name=study.name, storage=open_storage(out, storage_url),
-                                          load_if_exists=True, direction="minimize")
-        digest = study.plan_digest()
-        stored = self.ostudy.user_attrs.get("plan_digest")
-        if stored is not None and stored != digest:
-            raise StorageConflict(f"{storage_url or out / JOURNAL}: Optuna study {study.name!r} was made "
-                                  "for a different plan; use a new study name or another --storage")
-        if stored is None:
-            # The digest goes last: it marks the attributes complete, so a driver killed
-            # between two of them writes them all again at the next start.
-            for key, value in {"example": study.example, "sampler": study.sampler, "epochs": study.epochs,
-                               "seeds": list(study.seeds), "planned_runs": len(study.plan()),
-                               "plan_digest": digest}.items():
-                self.ostudy.set_user_attr(key, value)
-                faults.point("start.optuna")
         self.seeds = set(study.seeds)
+        self.ostudy = open_study(out, study, storage_url)
 
     def reconcile(self, done: Mapping[tuple[str, int], dict]) -> dict[str, int]:
         """Make Optuna's copy agree with the Parquet record after any crash.
@@ -276,38 +245,30 @@ class OptunaRecord:
         their configuration, and otherwise left for the tpe sampler to complete."""
         from optuna.trial import TrialState
 
-        copied: set[int] = set()
+        copied, running = copied_and_running(self.ostudy)
         counts = {"added": 0, "told": 0, "failed": 0}
-        running = []
-        for t in self.ostudy.get_trials(deepcopy=False):
-            if t.state == TrialState.RUNNING:
-                running.append(t)
-            elif "trial" in t.user_attrs:
-                copied.add(int(t.user_attrs["trial"]))
-            else:
-                copied.update(int(i) for i in t.user_attrs.get("trials") or [])
-        if self.per_config:
-            by_config = self._by_config(done.values())
-            for t in running:
-                config_id = t.user_attrs.get("config_id")
-                if config_id is None:
-                    self.ostudy.tell(t.number, state=TrialState.FAIL)
-                    counts["failed"] += 1
-                elif set(by_config.get(config_id, {})) >= self.seeds:
-                    self._tell(t.number, list(by_config[config_id].values()))
-                    counts["told"] += 1
-                copied.update(int(r["trial"]) for r in by_config.get(config_id, {}).values())
-            orphans = [rows for cid, rows in by_config.items()
-                       if set(rows) >= self.seeds and not any(int(r["trial"]) in copied for r in rows.values())]
-            self._add_configs([list(rows.values()) for rows in orphans])
-            counts["added"] = sum(len(rows) for rows in orphans)
-        else:
+        if not self.per_config:
             for t in running:  # a grid study never leaves trials RUNNING; someone else's
                 self.ostudy.tell(t.number, state=TrialState.FAIL)
                 counts["failed"] += 1
             missing = [r for r in done.values() if int(r["trial"]) not in copied]
             self.add_rows(missing)
             counts["added"] = len(missing)
+            return counts
+        configs = by_config(done.values())
+        for t in running:
+            config_id = t.user_attrs.get("config_id")
+            if config_id is None:
+                self.ostudy.tell(t.number, state=TrialState.FAIL)
+                counts["failed"] += 1
+            elif set(configs.get(config_id, {})) >= self.seeds:
+                tell_config(self.ostudy, t.number, list(configs[config_id].values()))
+                counts["told"] += 1
+            copied.update(int(r["trial"]) for r in configs.get(config_id, {}).values())
+        orphans = [list(rows.values()) for rows in configs.values()
+                   if set(rows) >= self.seeds and not any(int(r["trial"]) in copied for r in rows.values())]
+        self._add_configs(orphans)
+        counts["added"] = sum(len(rows) for rows in orphans)
         return counts
 
     def record(self, rows: Sequence[Mapping], done: Mapping[tuple[str, int], dict]) -> None:
@@ -318,71 +279,31 @@ class OptunaRecord:
         from optuna.trial import TrialState
 
         finished = {r["config_id"] for r in rows}
-        by_config = self._by_config(r for r in done.values() if r["config_id"] in finished)
         running = {t.user_attrs.get("config_id"): t.number
                    for t in self.ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         new = []
-        for config_id, seed_rows in by_config.items():
+        for config_id, seed_rows in by_config(r for r in done.values() if r["config_id"] in finished).items():
             if not set(seed_rows) >= self.seeds:
                 continue
             if config_id in running:
-                self._tell(running[config_id], list(seed_rows.values()))
+                tell_config(self.ostudy, running[config_id], list(seed_rows.values()))
             else:
                 new.append(list(seed_rows.values()))
         self._add_configs(new)
 
     def add_rows(self, rows: Iterable[Mapping]) -> None:
+        """One finished trial per row: one append to a journal file, else Optuna's `add_trials`."""
         rows = list(rows)
         if not rows:
             return
-        if isinstance(getattr(self.ostudy._storage, "_backend", None), journal_copy_class()):
-            _append_rows(self.ostudy._storage, self.ostudy._study_id, rows, self.dists)
+        storage = self.ostudy._storage
+        if isinstance(getattr(storage, "_backend", None), journal_copy_class()):
+            append_trials(storage, self.ostudy._study_id, [_row_trial(r, self.dists) for r in rows], self.dists)
         else:
             for i in range(0, len(rows), ADD_CHUNK):
                 self.ostudy.add_trials([trial_for_row(self.study, r, self.dists) for r in rows[i:i + ADD_CHUNK]])
-        self.sync()
-
-    def sync(self) -> None:
-        """One fsync for what was appended since the last (file journal only)."""
-        backend = getattr(self.ostudy._storage, "_backend", None)
-        if hasattr(backend, "sync"):
-            backend.sync()
-
-    def _by_config(self, rows: Iterable[Mapping]) -> dict[str, dict[int, Mapping]]:
-        out: dict[str, dict[int, Mapping]] = defaultdict(dict)
-        for r in rows:
-            out[r["config_id"]][int(r["seed"])] = r
-        return out
-
-    def _tell(self, number: int, rows: Sequence[Mapping]) -> None:
-        from optuna.trial import TrialState
-
-        value, unstable, attrs = config_outcome(rows)
-        storage, trial_id = self.ostudy._storage, self.ostudy._storage.get_trial_id_from_study_id_trial_number(
-            self.ostudy._study_id, number)
-        for key, v in attrs.items():
-            storage.set_trial_user_attr(trial_id, key, v)
-        if value is None:
-            self.ostudy.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-            return
-        for key, v in constraint(unstable).items():
-            storage.set_trial_system_attr(trial_id, key, v)
-        self.ostudy.tell(number, value, skip_if_finished=True)
+        sync(storage)
 
     def _add_configs(self, configs: Sequence[Sequence[Mapping]]) -> None:
-        """Configurations recorded in Parquet whose asked trial was lost: added as finished trials."""
-        from optuna.trial import TrialState, create_trial
-
-        dists = distributions(self.study, with_seed=False)
-        trials = []
-        for rows in configs:
-            value, unstable, attrs = config_outcome(rows)
-            params = {a: _param(rows[0][a]) for a in dists}
-            attrs["config_id"] = rows[0]["config_id"]
-            if value is None:
-                trials.append(create_trial(state=TrialState.FAIL, params=params, distributions=dists, user_attrs=attrs))
-            else:
-                trials.append(create_trial(params=params, distributions=dists, value=value, user_attrs=attrs,
-                                           system_attrs=constraint(unstable)))
-        if trials:
-            self.ostudy.add_trials(trials)
+        if configs:
+            self.ostudy.add_trials(config_trials(self.study, configs))

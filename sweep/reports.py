@@ -26,7 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, faults
+from . import faults
+from ._version import __version__
 from .engines import Outcome
 from .spec import CATEGORICAL_AXES, Run, Study
 from .verdict import STATUSES, judge, spike_epochs

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import catalog, reports
 from .catalog import EXAMPLES, HIDDEN, PLATEAU
-from .spec import config_from_dict, parse
+from .spec import Config, Study, config_from_dict, parse
 
 
 def study_of(study_dir: Path):
@@ -27,6 +27,7 @@ def study_of(study_dir: Path):
 
 
 def script(study_dir: str | Path, trial: int) -> str:
+    """The script of run `trial`: the run's values filled into a plain Keras training script."""
     study_dir = reports.study_path(study_dir)
     study = study_of(study_dir)
     rows = reports.load_trials(study_dir)
@@ -43,40 +44,7 @@ def script(study_dir: str | Path, trial: int) -> str:
     callbacks = (f"[keras.callbacks.ReduceLROnPlateau(**{PLATEAU!r})]" if config.schedule == "plateau"
                  else "[keras.callbacks.TerminateOnNaN()]")
 
-    if study.example in EXAMPLES:
-        ex = EXAMPLES[study.example]
-        data_fn = ex.data
-        extra = [data_fn]
-        # Data helpers with default arguments are self-contained; the scaler is one function.
-        extra.append(catalog.scale)
-        loss_src = ""
-        if config.loss in ("handwritten", "handwritten_clipped"):
-            fn = catalog.handwritten_cross_entropy if config.loss == "handwritten" else catalog.handwritten_cross_entropy_clipped
-            loss_src = _source(fn).replace("    import tensorflow as tf\n\n", "")
-            loss_expr = fn.__name__
-        else:
-            loss_expr = repr(config.loss)
-        sources = "\n\n".join(_source(f) for f in extra) + ("\n\n" + loss_src if loss_src else "")
-        out_act = repr(ex.out_activation)
-        layers = ",\n    ".join(
-            ["keras.Input((x.shape[1],))"]
-            + [f"keras.layers.Dense({w}, activation={config.activation!r})" for w in HIDDEN]
-            + [f"keras.layers.Dense({ex.n_out}, activation={out_act})"])
-        build = (f"x, y = {data_fn.__name__}({study.data_seed})\n"
-                 f"x = scale(x, {config.scaler!r})\n"
-                 f"keras.utils.set_random_seed(SEED)\n"
-                 f"model = keras.Sequential([\n    {layers},\n])\n")
-        compile_loss = loss_expr
-    else:
-        module, _, attr = study.example.partition(":")
-        sources = _source(catalog.scale)
-        build = (f"from {module} import {attr}\n"
-                 f"keras.utils.set_random_seed(SEED)\n"
-                 f"model, x, y = {attr}(activation={config.activation!r}, seed={study.data_seed})\n"
-                 f"x = scale(np.asarray(x, dtype='float32'), {config.scaler!r})\n"
-                 f"y = np.asarray(y, dtype='float32')\n")
-        compile_loss = "model.loss"
-
+    sources, build, compile_loss = _model_code(study, config)
     return f'''"""Run {trial} of study {study.name!r} ({study.example}), reproduced with plain Keras.
 
 Recorded: status {row["status"]}, final loss {row["final_loss"]!r}, trained by the {row["engine"]} engine.
@@ -119,6 +87,36 @@ for epoch, loss in enumerate(history.history["loss"], 1):
     print(f"epoch {{epoch}}: loss {{loss!r}}")
 print(f"final loss: {{history.history['loss'][-1]!r}}")
 '''
+
+
+def _model_code(study: Study, config: Config) -> tuple[str, str, str]:
+    """The script's parts that make the run's model and data: (the functions' sources, the
+    lines that build model, x and y, the loss given to `model.compile`)."""
+    if study.example not in EXAMPLES:
+        module, _, attr = study.example.partition(":")
+        build = (f"from {module} import {attr}\n"
+                 f"keras.utils.set_random_seed(SEED)\n"
+                 f"model, x, y = {attr}(activation={config.activation!r}, seed={study.data_seed})\n"
+                 f"x = scale(np.asarray(x, dtype='float32'), {config.scaler!r})\n"
+                 f"y = np.asarray(y, dtype='float32')\n")
+        return _source(catalog.scale), build, "model.loss"
+    ex = EXAMPLES[study.example]
+    # Data helpers with default arguments are self-contained; the scaler is one function.
+    sources = [_source(ex.data), _source(catalog.scale)]
+    loss = repr(config.loss)
+    if config.loss in ("handwritten", "handwritten_clipped"):
+        fn = catalog.handwritten_cross_entropy if config.loss == "handwritten" else catalog.handwritten_cross_entropy_clipped
+        sources.append(_source(fn).replace("    import tensorflow as tf\n\n", ""))
+        loss = fn.__name__
+    layers = ",\n    ".join(
+        ["keras.Input((x.shape[1],))"]
+        + [f"keras.layers.Dense({w}, activation={config.activation!r})" for w in HIDDEN]
+        + [f"keras.layers.Dense({ex.n_out}, activation={ex.out_activation!r})"])
+    build = (f"x, y = {ex.data.__name__}({study.data_seed})\n"
+             f"x = scale(x, {config.scaler!r})\n"
+             f"keras.utils.set_random_seed(SEED)\n"
+             f"model = keras.Sequential([\n    {layers},\n])\n")
+    return "\n\n".join(sources), build, loss
 
 
 def _source(fn) -> str:

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import itertools
 import json
 import math
-import re
 import stat
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -36,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import BASE_DEFAULTS, EXAMPLES
+from .fields import (REQUIRED, Field, builder_problem, check_section, example_ref, integer, number, one_of,
+                     plain_name, positive_integer, positive_number, positive_number_or_none, seed_list, values_of)
 from .verdict import Thresholds
 
 # Allowed values of the categorical axes: one place, also the categories of the Parquet columns.
@@ -59,18 +59,6 @@ CATEGORICAL_AXES = {
 }
 SETTING_AXES = tuple(a for a in AXES if a != "learning_rate")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-STUDY_KEYS = {
-    "name": "a plain file name: letters, digits, '.', '_' or '-', at most 100 characters",
-    "example": "a catalog id (" + ", ".join(EXAMPLES) + ") or 'module:function'",
-    "epochs": "an integer from 1 to 10000",
-    "seeds": "a non-empty list of distinct integers from 0 to 4294967295",
-    "sampler": " | ".join(SAMPLERS),
-    "engine": " | ".join(ENGINES),
-    "data_seed": "an integer from 0 to 4294967295 (the seed of the example's data set)",
-    "timeout": "seconds per run, a number > 0",
-    "n_trials": "an integer >= 1 (tpe: how many configurations to try)",
-}
 # A plan larger than this is refused unless the user raises the guard (`--max-runs`):
 # a typo in a grid should not start a month of training or fill the driver's memory.
 MAX_RUNS = 200_000
@@ -79,11 +67,6 @@ MAX_SEED = 2**32 - 1
 # A study file is a few lines; anything larger is not one (and is not read into memory).
 MAX_FILE_BYTES = 1 << 20
 SECTIONS = ("study", "grid", "verdict", "boundary")
-BOUNDARY_KEYS = {
-    "resolution": "a number > 1: the boundary sampler stops bisecting a setting's edge once "
-                  "lr_unstable_min / lr_stable_max is at most this factor (it probes the grid's "
-                  "learning rates, so two neighbouring grid values always stop it)",
-}
 
 
 class SpecError(Exception):
@@ -186,75 +169,47 @@ def example_defaults(example: str) -> dict[str, Any]:
     return {**BASE_DEFAULTS, "loss": "compiled"}
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+# [study]: what each field allows, its default, its check; the fields of `Study` of the same names.
+STUDY_FIELDS = {
+    "name": Field("a plain file name: letters, digits, '.', '_' or '-', at most 100 characters",
+                  REQUIRED, plain_name),
+    "example": Field("a catalog id (" + ", ".join(EXAMPLES) + ") or 'module:function'", REQUIRED,
+                     example_ref(EXAMPLES)),
+    # absent: the catalog example's epochs, 20 for a builder
+    "epochs": Field("an integer from 1 to 10000", None, integer(1, 10000)),
+    "seeds": Field(f"a non-empty list of distinct integers from 0 to {MAX_SEED}", (0, 1, 2), seed_list(MAX_SEED)),
+    "sampler": Field(" | ".join(SAMPLERS), "grid", one_of(SAMPLERS)),
+    "engine": Field(" | ".join(ENGINES), "population", one_of(ENGINES)),
+    "data_seed": Field(f"an integer from 0 to {MAX_SEED} (the seed of the example's data set)", 0,
+                       integer(0, MAX_SEED)),
+    "timeout": Field("seconds per run, a number > 0", None, number(lambda v: v > 0)),
+    "n_trials": Field("an integer >= 1 (tpe: how many configurations to try)", None, integer(1)),
+}
+# [verdict]: the thresholds of `verdict.judge`; absent: `Thresholds`' default.
+VERDICT_FIELDS = {
+    "diverge_factor": Field("a finite number > 1 (a run diverged when its loss reached this multiple of l0)",
+                            None, number(lambda v: v > 1)),
+    "stall_ratio": Field("a number in (0, 1] (a run stalled when its final loss stayed above this fraction "
+                         "of l0)", None, number(lambda v: 0 < v <= 1)),
+    "spike_factor": Field("a finite number > 1 (an epoch spiked when its loss rose above this multiple of the "
+                          "lowest before it)", None, number(lambda v: v > 1)),
+}
+BOUNDARY_FIELDS = {
+    "resolution": Field("a number > 1: the boundary sampler stops bisecting a setting's edge once "
+                        "lr_unstable_min / lr_stable_max is at most this factor (it probes the grid's "
+                        "learning rates, so two neighbouring grid values always stop it)",
+                        None, number(lambda v: v > 1)),
+}
 
 
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float))) and not isinstance(v, bool)
-
-
-def _check_axis(axis: str, values: Any, allowed_losses: tuple[str, ...], problems: list) -> tuple | None:
-    """The axis's values normalised (clipping 'none' -> None), or None after noting problems."""
-    where = f"grid.{axis}"
-    if not isinstance(values, list):
-        values = [values]
-    if not values:
-        problems.append((where, "is empty; give at least one value or leave the axis out"))
-        return None
-    out, ok = [], True
-    for v in values:
-        if axis == "learning_rate" or axis in CLIP_AXES:
-            if axis in CLIP_AXES and isinstance(v, str) and v.lower() == "none":
-                out.append(None)
-                continue
-            allowed = "finite numbers > 0" + (" or \"none\"" if axis in CLIP_AXES else "")
-            if not _is_number(v):
-                problems.append((where, f"{v!r} is not a number; allowed: {allowed}"))
-                ok = False
-            elif not math.isfinite(v) or v <= 0:
-                problems.append((where, f"{v!r} is not allowed; allowed: {allowed}"))
-                ok = False
-            else:
-                out.append(float(v))
-        elif axis == "batch_size":
-            if not _is_int(v) or v < 1:
-                problems.append((where, f"{v!r} is not allowed; allowed: integers >= 1"))
-                ok = False
-            else:
-                out.append(v)
-        else:
-            allowed = allowed_losses if axis == "loss" else CATEGORICAL_AXES[axis]
-            if not isinstance(v, str) or v not in allowed:
-                problems.append((where, f"{v!r} is not allowed; allowed: {', '.join(allowed)}"))
-                ok = False
-            else:
-                out.append(v)
-    if ok and len(set(out)) != len(out):
-        dup = sorted({repr(v) for v in out if out.count(v) > 1})
-        problems.append((where, f"has duplicate values ({', '.join(dup)}); list each value once"))
-        ok = False
-    return tuple(out) if ok else None
-
-
-def _check_builder(ref: str, problems: list, import_builder: bool = True) -> None:
-    module_name, _, attr = ref.partition(":")
-    if not module_name or not attr:
-        problems.append(("study.example", f"{ref!r} is not allowed; allowed: {STUDY_KEYS['example']}"))
-        return
-    if not import_builder:
-        return
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # the user's module can fail in any way; report it, do not crash
-        problems.append(("study.example", f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"))
-        return
-    fn = getattr(module, attr, None)
-    if fn is None:
-        problems.append(("study.example", f"module {module_name!r} has no attribute {attr!r}"))
-    elif not callable(fn):
-        problems.append(("study.example", f"{ref!r} is not callable; it must be a function "
-                         "(activation: str, seed: int) -> (keras.Model compiled with its loss, x, y)"))
+def grid_fields(defaults: dict[str, Any], losses: tuple[str, ...]) -> dict[str, Field]:
+    """[grid]: one field per axis, a list of values; absent, the axis has the example's default."""
+    values = {"learning_rate": ("finite numbers > 0", positive_number),
+              **{c: ('finite numbers > 0 or "none"', positive_number_or_none) for c in CLIP_AXES},
+              "batch_size": ("integers >= 1", positive_integer),
+              **{a: (", ".join(allowed), one_of(allowed)) for a, allowed in CATEGORICAL_AXES.items()},
+              "loss": (", ".join(losses), one_of(losses))}
+    return {a: Field(values[a][0], (defaults[a],), values_of(values[a][1])) for a in AXES}
 
 
 def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_builder: bool = True) -> Study:
@@ -269,146 +224,60 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_
         raise SpecError(path, [("", f"TOML syntax error: {exc}")]) from None
     except RecursionError:  # tomllib parses nested arrays and tables recursively
         raise SpecError(path, [("", "arrays or tables nested too deeply to be a study file")]) from None
-    problems: list[tuple[str, str]] = []
+    problems = _section_problems(raw)
+    section = {name: raw[name] if isinstance(raw.get(name), dict) else {} for name in SECTIONS}
 
-    for section in raw:
-        if section not in SECTIONS:
-            problems.append((section, f"unknown section; allowed: {', '.join('[' + s + ']' for s in SECTIONS)}"))
-    for section in SECTIONS:
-        if section in raw and not isinstance(raw[section], dict):
-            problems.append((section, "must be a table ([" + section + "])"))
-    study = raw.get("study") if isinstance(raw.get("study"), dict) else {}
-    grid_raw = raw.get("grid") if isinstance(raw.get("grid"), dict) else {}
-    verdict_raw = raw.get("verdict") if isinstance(raw.get("verdict"), dict) else {}
-    boundary_raw = raw.get("boundary") if isinstance(raw.get("boundary"), dict) else {}
-    if "study" not in raw:
-        problems.append(("study", "missing; a study file needs a [study] table with name and example"))
-
-    for key in study:
-        if key not in STUDY_KEYS:
-            problems.append((f"study.{key}", f"unknown key; allowed: {', '.join(STUDY_KEYS)}"))
-
-    name = study.get("name")
-    if name is None:
-        problems.append(("study.name", "missing; " + STUDY_KEYS["name"]))
-    elif not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
-        problems.append(("study.name", f"{name!r} is not allowed; allowed: {STUDY_KEYS['name']}"))
-
+    study = check_section("study", section["study"], STUDY_FIELDS, problems)
     example = study.get("example")
-    example_ok = False
-    if example is None:
-        problems.append(("study.example", "missing; " + STUDY_KEYS["example"]))
-    elif not isinstance(example, str):
-        problems.append(("study.example", f"{example!r} is not allowed; allowed: {STUDY_KEYS['example']}"))
-    elif example in EXAMPLES:
-        example_ok = True
-    elif ":" in example:
-        n = len(problems)
-        _check_builder(example, problems, import_builder)
-        example_ok = len(problems) == n
-    else:
-        problems.append(("study.example", f"unknown example {example!r}; allowed: {STUDY_KEYS['example']}"))
-    catalog_example = EXAMPLES.get(example) if isinstance(example, str) else None
-
-    def integer(key: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
-        v = study.get(key, default)
-        if v is None:
-            return None
-        if not _is_int(v) or v < lo or (hi is not None and v > hi):
-            problems.append((f"study.{key}", f"{v!r} is not allowed; allowed: {STUDY_KEYS[key]}"))
-            return None
-        return v
-
-    epochs = integer("epochs", catalog_example.epochs if catalog_example else 20, 1, 10000)
-    data_seed = integer("data_seed", 0, 0, MAX_SEED)
-    n_trials = integer("n_trials", None, 1)
-
-    seeds = study.get("seeds", [0, 1, 2])
-    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and 0 <= s <= MAX_SEED for s in seeds):
-        problems.append(("study.seeds", f"{seeds!r} is not allowed; allowed: {STUDY_KEYS['seeds']}"))
-        seeds = None
-    elif len(set(seeds)) != len(seeds):
-        problems.append(("study.seeds", "has duplicate values; list each seed once"))
-        seeds = None
-
-    choices = {}
-    for key, allowed, default in (("sampler", SAMPLERS, "grid"), ("engine", ENGINES, "population")):
-        v = study.get(key, default)
-        if v not in allowed:
-            problems.append((f"study.{key}", f"{v!r} is not allowed; allowed: {' | '.join(allowed)}"))
-        choices[key] = v
-
-    timeout = study.get("timeout")
-    if timeout is not None and (not _is_number(timeout) or not math.isfinite(timeout) or timeout <= 0):
-        problems.append(("study.timeout", f"{timeout!r} is not allowed; allowed: {STUDY_KEYS['timeout']}"))
-        timeout = None
-
-    defaults = example_defaults(example) if example_ok else dict(BASE_DEFAULTS, loss="compiled")
-    allowed_losses = catalog_example.losses if catalog_example else ("compiled",)
-    grid: dict[str, tuple] = {}
-    for axis in grid_raw:
-        if axis not in AXES:
-            problems.append((f"grid.{axis}", f"unknown axis; allowed: {', '.join(AXES)}"))
-    for axis in AXES:
-        if axis in grid_raw:
-            values = _check_axis(axis, grid_raw[axis], allowed_losses, problems)
-            if values is not None:
-                grid[axis] = values
-        else:
-            grid[axis] = (defaults[axis],)
-
-    thresholds = Thresholds()
-    t_values = {}
-    allowed_t = {
-        "diverge_factor": ("a finite number > 1 (a run diverged when its loss reached this multiple of l0)", lambda v: v > 1),
-        "stall_ratio": ("a number in (0, 1] (a run stalled when its final loss stayed above this fraction of l0)", lambda v: 0 < v <= 1),
-        "spike_factor": ("a finite number > 1 (an epoch spiked when its loss rose above this multiple of the lowest before it)", lambda v: v > 1),
-    }
-    for key, v in verdict_raw.items():
-        if key not in allowed_t:
-            problems.append((f"verdict.{key}", f"unknown key; allowed: {', '.join(allowed_t)}"))
-            continue
-        text, ok = allowed_t[key]
-        if not _is_number(v) or not math.isfinite(v) or not ok(v):
-            problems.append((f"verdict.{key}", f"{v!r} is not allowed; allowed: {text}"))
-        else:
-            t_values[key] = float(v)
-    if t_values:
-        thresholds = Thresholds(**t_values)
-
-    for key in boundary_raw:
-        if key not in BOUNDARY_KEYS:
-            problems.append((f"boundary.{key}", f"unknown key; allowed: {', '.join(BOUNDARY_KEYS)}"))
-    resolution = boundary_raw.get("resolution")
-    if resolution is not None and (not _is_number(resolution) or not math.isfinite(resolution) or resolution <= 1):
-        problems.append(("boundary.resolution", f"{resolution!r} is not allowed; allowed: {BOUNDARY_KEYS['resolution']}"))
-        resolution = None
-
-    if catalog_example is not None and "batch_size" in grid:
-        n_samples = len(catalog_example.data(data_seed or 0)[0])
-        for b in grid["batch_size"]:
-            if b > n_samples:
-                problems.append(("grid.batch_size", f"{b} is larger than the example's {n_samples} training "
-                                 f"samples; allowed: integers from 1 to {n_samples}"))
-    if seeds:
-        # Counted before anything is expanded, so an enormous grid costs nothing to refuse.
-        size = math.prod(len(v) for v in grid.values()) * len(seeds)
-        if size > max_runs:
-            problems.append(("grid", f"the plan has up to {size:,} runs (axes x seeds), more than the guard of "
-                             f"{max_runs:,}; shrink the grid or raise the guard with --max-runs"))
+    if example is not None and example not in EXAMPLES and import_builder:
+        if (problem := builder_problem(example)) is not None:
+            problems.append(("study.example", problem))
+            example = None
+    catalog_example = EXAMPLES.get(example)
+    if "epochs" not in section["study"]:
+        study["epochs"] = catalog_example.epochs if catalog_example else 20
+    defaults = example_defaults(example) if example is not None else dict(BASE_DEFAULTS, loss="compiled")
+    losses = catalog_example.losses if catalog_example else ("compiled",)
+    grid = check_section("grid", section["grid"], grid_fields(defaults, losses), problems, unknown="axis")
+    verdict = check_section("verdict", section["verdict"], VERDICT_FIELDS, problems)
+    boundary = check_section("boundary", section["boundary"], BOUNDARY_FIELDS, problems)
+    problems += _plan_problems(catalog_example, study, grid, max_runs)
 
     if problems:
         raise SpecError(path, problems)
-    s = Study(
-        name=name, example=example, epochs=epochs, seeds=tuple(seeds), sampler=choices["sampler"],
-        engine=choices["engine"], grid=grid, verdict=thresholds, data_seed=data_seed,
-        timeout=float(timeout) if timeout is not None else None, n_trials=n_trials,
-        resolution=float(resolution) if resolution is not None else None, path=path, raw=raw,
-    )
+    s = Study(**study, grid=grid, verdict=Thresholds(**{k: v for k, v in verdict.items() if v is not None}),
+              resolution=boundary["resolution"], path=path, raw=raw)
     if not s.configs():
         raise SpecError(path, [("grid", "every combination sets more than one of clipnorm, global_clipnorm, "
                                 "clipvalue; Keras allows one kind of clipping per optimizer")])
     return s
+
+
+def _section_problems(raw: dict) -> list[tuple[str, str]]:
+    """Sections the file should not have, or has in the wrong form."""
+    problems = [(name, f"unknown section; allowed: {', '.join('[' + s + ']' for s in SECTIONS)}")
+                for name in raw if name not in SECTIONS]
+    problems += [(name, "must be a table ([" + name + "])")
+                 for name in SECTIONS if name in raw and not isinstance(raw[name], dict)]
+    if "study" not in raw:
+        problems.append(("study", "missing; a study file needs a [study] table with name and example"))
+    return problems
+
+
+def _plan_problems(catalog_example, study: dict, grid: dict, max_runs: int) -> list[tuple[str, str]]:
+    """What is wrong with the plan as a whole: batches larger than the data, too many runs."""
+    problems = []
+    if catalog_example is not None and "batch_size" in grid:
+        n_samples = len(catalog_example.data(study.get("data_seed") or 0)[0])
+        problems += [("grid.batch_size", f"{b} is larger than the example's {n_samples} training "
+                      f"samples; allowed: integers from 1 to {n_samples}") for b in grid["batch_size"] if b > n_samples]
+    if study.get("seeds"):
+        # Counted before anything is expanded, so an enormous grid costs nothing to refuse.
+        size = math.prod(len(v) for v in grid.values()) * len(study["seeds"])
+        if size > max_runs:
+            problems.append(("grid", f"the plan has up to {size:,} runs (axes x seeds), more than the guard of "
+                             f"{max_runs:,}; shrink the grid or raise the guard with --max-runs"))
+    return problems
 
 
 def load(path: str | Path, max_runs: int = MAX_RUNS) -> Study:

@@ -32,7 +32,6 @@ import dataclasses
 import errno
 import fcntl
 import json
-import math
 import os
 import time
 from collections import Counter, deque
@@ -43,7 +42,7 @@ from typing import Callable, Iterator
 from . import faults, maps, reports
 from .engines import Engine
 from .optuna_study import OptunaRecord
-from .pool import DEFAULT_BATCH_RUNS, Pool
+from .pool import DEFAULT_BATCH_RUNS, Pool, batch_size
 from .samplers import DEFAULT_TPE_TRIALS, get_sampler
 from .spec import Run, Study
 from .workers import engine_name
@@ -227,40 +226,15 @@ def _loop(study, out, done, sampler, pool, record, summary, max_trials, batch_ru
     pending: deque[Run] = deque()
     scheduled: set[tuple[str, int]] = set()         # proposed and not yet returned
     taken = {int(r["trial"]) for r in done.values()}
-    rows_buf: list[dict] = []
-    curves_buf: list[dict] = []
-    oldest = 0.0
+    buffer = _RowBuffer()
     sampler_waits = False                            # nothing new until a result arrives
     phases = summary.phases
-
-    def commit() -> None:
-        t0 = time.perf_counter()
-        reports.write_batch(out, rows_buf, curves_buf)
-        faults.point("write.trials")
-        t1 = time.perf_counter()
-        record.record(rows_buf, done)
-        phases["write"] += t1 - t0
-        phases["record"] += time.perf_counter() - t1
-        rows_buf.clear()
-        curves_buf.clear()
-        faults.point("committed")
-
     stuck = False
     while True:
         budget = None if max_trials is None else max_trials - summary.ran - len(scheduled)
         if not pending and not sampler_waits and pool.idle() and (budget is None or budget > 0):
             t0 = time.perf_counter()
-            new = []
-            for r in sampler.propose(study, done):
-                if r.key in done or r.key in scheduled:
-                    continue
-                if r.trial in taken:  # a sampler numbering from `done` alone while runs are in flight
-                    r = dataclasses.replace(r, trial=max(taken) + 1)
-                taken.add(r.trial)
-                scheduled.add(r.key)
-                new.append(r)
-                if budget is not None and len(new) >= budget:
-                    break
+            new = _propose(study, done, sampler, scheduled, taken, budget)
             phases["propose"] += time.perf_counter() - t0
             pending.extend(new)
             sampler_waits = not new
@@ -268,7 +242,7 @@ def _loop(study, out, done, sampler, pool, record, summary, max_trials, batch_ru
                 faults.point("propose")
         submitted = False
         while pending and pool.idle():
-            n = min(batch_runs, max(1, math.ceil(len(pending) / pool.idle())))
+            n = batch_size(len(pending), pool.idle(), batch_runs)
             pool.submit([pending.popleft() for _ in range(min(n, len(pending)))])
             submitted = True
         summary.in_flight = len(scheduled)
@@ -288,20 +262,65 @@ def _loop(study, out, done, sampler, pool, record, summary, max_trials, batch_ru
             scheduled.discard(key)
             done[key] = row
             rows.append(row)
-            if not rows_buf:
-                oldest = time.monotonic()
-            rows_buf.append(row)
-            curves_buf.extend(curves)
+            buffer.add(row, curves)
         faults.point("collected")
         sampler_waits = False
         summary.ran += len(rows)
         summary.counts.update(r["status"] for r in rows)
         summary.in_flight = len(scheduled)
         phases["collect"] += time.perf_counter() - t0
-        if len(rows_buf) >= COMMIT_ROWS or time.monotonic() - oldest >= COMMIT_SECONDS or not scheduled:
-            commit()
+        if buffer.due() or not scheduled:
+            buffer.commit(out, record, done, phases)
         summary.seconds = time.perf_counter() - started
         if on_batch:
             on_batch(summary, rows)
-    if rows_buf:
-        commit()
+    if buffer.rows:
+        buffer.commit(out, record, done, phases)
+
+
+def _propose(study: Study, done: dict, sampler, scheduled: set, taken: set, budget: int | None) -> list[Run]:
+    """The sampler's next runs that are neither done nor in flight (at most `budget`), marked
+    scheduled; a run whose trial number is taken gets the next free one."""
+    new = []
+    for r in sampler.propose(study, done):
+        if r.key in done or r.key in scheduled:
+            continue
+        if r.trial in taken:  # a sampler numbering from `done` alone while runs are in flight
+            r = dataclasses.replace(r, trial=max(taken) + 1)
+        taken.add(r.trial)
+        scheduled.add(r.key)
+        new.append(r)
+        if budget is not None and len(new) >= budget:
+            break
+    return new
+
+
+@dataclass
+class _RowBuffer:
+    """Rows trained but not yet committed, with their curves."""
+
+    rows: list[dict] = field(default_factory=list)
+    curves: list[dict] = field(default_factory=list)
+    oldest: float = 0.0  # time.monotonic() of the first row
+
+    def add(self, row: dict, curves: list[dict]) -> None:
+        if not self.rows:
+            self.oldest = time.monotonic()
+        self.rows.append(row)
+        self.curves.extend(curves)
+
+    def due(self) -> bool:
+        return len(self.rows) >= COMMIT_ROWS or time.monotonic() - self.oldest >= COMMIT_SECONDS
+
+    def commit(self, out: Path, record: OptunaRecord, done: dict, phases: Counter) -> None:
+        """One part file in trials/ (and curves/), then the Optuna copy."""
+        t0 = time.perf_counter()
+        reports.write_batch(out, self.rows, self.curves)
+        faults.point("write.trials")
+        t1 = time.perf_counter()
+        record.record(self.rows, done)
+        phases["write"] += t1 - t0
+        phases["record"] += time.perf_counter() - t1
+        self.rows.clear()
+        self.curves.clear()
+        faults.point("committed")

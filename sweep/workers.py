@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator, Sequence
 
-from .engines import Engine, get_engine
+from .engines import Engine
 from .reports import rows_for
 from .spec import Run, Study
 
@@ -36,7 +36,20 @@ RunRows = tuple[dict, list[dict]]  # (trials row, curve rows)
 
 
 def as_engine(engine: str | Engine) -> Engine:
-    return get_engine(engine) if isinstance(engine, str) else engine
+    """The engine itself, or the one a study file names (`engine = "keras"`).
+
+    Engine modules are imported here, not in `engines`, which they import: no cycle."""
+    if not isinstance(engine, str):
+        return engine
+    if engine == "keras":
+        from .engines.keras_engine import KerasEngine
+
+        return KerasEngine()
+    if engine == "population":
+        from .engines.population import PopulationEngine
+
+        return PopulationEngine()
+    raise ValueError(f"unknown engine {engine!r}")
 
 
 def engine_name(engine: str | Engine) -> str:

@@ -149,7 +149,8 @@ def run_session(cmd: list[str], fault: str | None = None, env_extra: dict | None
 def journal_appends_at_start() -> int:
     """How many journal appends a driver makes before its first commit (study creation, its
     attributes): the `journal.append` visit of the first commit is the next one."""
-    from sweep.optuna_study import JOURNAL, OptunaRecord
+    from sweep.optuna_journal import JOURNAL
+    from sweep.optuna_study import OptunaRecord
     from sweep.spec import parse
 
     with tempfile.TemporaryDirectory() as d:
@@ -198,7 +199,7 @@ def optuna_keys(study_dir: Path, name: str) -> tuple[Counter, list[str], dict]:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    from sweep.optuna_study import JOURNAL
+    from sweep.optuna_journal import JOURNAL
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ostudy = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(study_dir / JOURNAL))))

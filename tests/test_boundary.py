@@ -8,7 +8,7 @@ import pytest
 
 import sweep
 from sweep import maps, study as driver
-from sweep.boundary import BoundarySampler, bracket, next_probe
+from sweep.samplers.boundary import BoundarySampler, bracket, next_probe
 from sweep.pool import LocalPool
 from sweep.samplers import get_sampler
 from sweep.spec import SETTING_AXES, load, parse

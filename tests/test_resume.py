@@ -12,7 +12,8 @@ import pytest
 
 import sweep
 from sweep import study as driver
-from sweep.optuna_study import JOURNAL, OptunaRecord
+from sweep.optuna_journal import JOURNAL
+from sweep.optuna_study import OptunaRecord
 from sweep.pool import LocalPool
 from sweep.spec import load, parse
 

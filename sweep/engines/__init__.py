@@ -121,14 +121,14 @@ def check_builder(study: "Study") -> None:
     if study.example in EXAMPLES:
         return
     from ..cluster import import_tensorflow
-    from ..spec import SpecError, STUDY_KEYS
+    from ..spec import STUDY_FIELDS, SpecError
 
     import_tensorflow()
     try:
         problem(study, study.configs()[0], study.seeds[0])
     except Exception as exc:  # whatever the user's code does wrong, it is their input
         raise SpecError(study.path, [("study.example", f"calling {study.example!r} failed: {type(exc).__name__}: "
-                                      f"{exc}; allowed: {STUDY_KEYS['example']}, a function (activation: str, "
+                                      f"{exc}; allowed: {STUDY_FIELDS['example'].allowed}, a function (activation: str, "
                                       "seed: int) -> (keras.Model compiled with its loss, x, y)")]) from None
 
 
@@ -139,15 +139,3 @@ def make_optimizer(config: "Config"):
     kinds = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
     clip = {k: getattr(config, k) for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(config, k) is not None}
     return kinds[config.optimizer](learning_rate=config.learning_rate, **clip)
-
-
-def get_engine(name: str) -> Engine:
-    if name == "keras":
-        from .keras_engine import KerasEngine
-
-        return KerasEngine()
-    if name == "population":
-        from .population import PopulationEngine
-
-        return PopulationEngine()
-    raise ValueError(f"unknown engine {name!r}")

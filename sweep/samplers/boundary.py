@@ -20,7 +20,7 @@ resolved setting's bracket, so a batch holds many configurations.
 
 The sampler keeps no state: every call rebuilds what was probed from `done`,
 so a resumed study proposes what an uninterrupted one would. Trial numbers
-come from `samplers.next_trial`.
+come from `base.next_trial`.
 
     >>> from sweep.spec import parse
     >>> study = parse('''
@@ -44,10 +44,10 @@ import dataclasses
 import math
 from typing import Mapping
 
-from .maps import is_stable
-from .samplers import Done, next_trial
-from .spec import Config, Run, Study, example_defaults
-from .verdict import ORCHESTRATOR_STATUSES
+from ..maps import is_stable
+from ..spec import Config, Run, Study, example_defaults
+from ..verdict import ORCHESTRATOR_STATUSES
+from .base import Done, next_trial
 
 
 def _probes(study: Study, done: Done) -> tuple[list[float], dict[tuple, Config], dict[tuple, dict[int, list[str]]]]:

@@ -1,66 +1,39 @@
-"""Samplers decide which runs come next; the driver trains them and calls again.
+"""The tpe sampler: Optuna's TPE over the study's grid, one Optuna trial per configuration.
 
-The protocol is one method: `propose(study, done)` gets every run recorded
-so far (`done`: (config_id, seed) -> trials row) and returns the next runs to
-train, none of them already done; an empty list ends the study. A sampler
-keeps no state between calls that `done` cannot rebuild, so a resumed study
-proposes exactly what an uninterrupted one would.
+Each configuration is trained on every seed; the objective is the mean final
+loss; a configuration with nan, diverged or unstable seeds is infeasible
+(Optuna's constraint, set when the trial is told; see `optuna_study`).
 
+    >>> import optuna
     >>> from sweep.spec import parse
-    >>> from sweep.samplers import GridSampler
-    >>> study = parse('[study]\\nname="d"\\nexample="exploding_gradients"\\nseeds=[0,1]', "d.toml")
-    >>> runs = GridSampler().propose(study, {})
-    >>> len(runs), GridSampler().propose(study, {r.key: {} for r in runs})
-    (2, [])
+    >>> study = parse('[study]\\nname="t"\\nexample="exploding_gradients"\\nseeds=[0,1]\\n'
+    ...               'sampler="tpe"\\nn_trials=2\\n[grid]\\nlearning_rate=[0.001,0.01,0.1]', "t.toml")
+    >>> sampler = TPESampler(optuna.create_study(), seed=0)
+    >>> runs = sampler.propose(study, {})
+    >>> [r.seed for r in runs], len({r.config for r in runs})
+    ([0, 1], 1)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Protocol
+from typing import TYPE_CHECKING
 
-from .spec import AXES, Run, Study
+from ..optuna_study import config_outcome, constraint, distributions
+from ..spec import AXES, Run, Study
+from .base import Done
 
 if TYPE_CHECKING:
     import optuna
 
-Done = Mapping[tuple[str, int], dict]
-# tpe: configurations tried when the study file gives no n_trials.
+# Configurations tried when the study file gives no n_trials.
 DEFAULT_TPE_TRIALS = 20
 
 
-class Sampler(Protocol):
-    def propose(self, study: Study, done: Done) -> list[Run]: ...
-
-
-class GridSampler:
-    """Every planned (configuration, seed) exactly once, in plan order; `trial` is the plan index."""
-
-    def propose(self, study: Study, done: Done) -> list[Run]:
-        return [run for run in study.plan() if run.key not in done]
-
-
-def next_trial(done: Done) -> int:
-    """The first free trial number, for samplers whose runs are not a fixed plan."""
-    return 1 + max((int(row["trial"]) for row in done.values()), default=-1)
-
-
 class TPESampler:
-    """Optuna's TPE over the study's grid: one Optuna trial per configuration, trained on every
-    seed; objective the mean final loss; a configuration with nan, diverged or unstable seeds
-    is infeasible (Optuna's constraint, set when the trial is told; see `optuna_study`). Stops after `n_trials` configurations (default 20).
+    """Asks Optuna for configurations until `n_trials` of them (default 20) have been asked.
 
     Its state is the Optuna study: asked trials are RUNNING until their last seed is
-    recorded, so after a crash the missing seeds of those configurations come first.
-
-        >>> import optuna
-        >>> from sweep.spec import parse
-        >>> study = parse('[study]\\nname="t"\\nexample="exploding_gradients"\\nseeds=[0,1]\\n'
-        ...               'sampler="tpe"\\nn_trials=2\\n[grid]\\nlearning_rate=[0.001,0.01,0.1]', "t.toml")
-        >>> sampler = TPESampler(optuna.create_study(), seed=0)
-        >>> runs = sampler.propose(study, {})
-        >>> [r.seed for r in runs], len({r.config for r in runs})
-        ([0, 1], 1)
-    """
+    recorded, so after a crash the missing seeds of those configurations come first."""
 
     def __init__(self, ostudy: "optuna.Study", seed: int | None = 0):
         import optuna
@@ -69,7 +42,7 @@ class TPESampler:
         # constant_liar: configurations in flight count as bad guesses, so parallel workers
         # are not all sent to the same point.
         ostudy.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=5)
-        self._configs: dict[tuple, object] | None = None
+        self._configs: dict[tuple, list[Run]] | None = None
 
     def _index(self, study: Study) -> dict[tuple, list[Run]]:
         if self._configs is None:
@@ -81,8 +54,6 @@ class TPESampler:
 
     def propose(self, study: Study, done: Done) -> list[Run]:
         from optuna.trial import TrialState
-
-        from .optuna_study import distributions
 
         index = self._index(study)
         by_id = {runs[0].config.config_id: runs for runs in index.values()}
@@ -113,33 +84,14 @@ class TPESampler:
 
     def _already_done(self, trial, runs: list[Run], done: Done) -> None:
         """TPE re-suggested a configuration already trained: told from its rows, no new runs."""
-        from .optuna_study import config_outcome, constraint
+        from optuna.trial import TrialState
 
         value, unstable, attrs = config_outcome([done[r.key] for r in runs])
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         if value is None:
-            from optuna.trial import TrialState
-
             self.ostudy.tell(trial, state=TrialState.FAIL)
         else:
             for key, v in constraint(unstable).items():
                 trial.storage.set_trial_system_attr(trial._trial_id, key, v)
             self.ostudy.tell(trial, value)
-
-
-def get_sampler(name: str, ostudy: "optuna.Study | None" = None) -> Sampler:
-    """The sampler of a study file's `sampler` field; tpe needs the study's Optuna study."""
-    if name == "grid":
-        return GridSampler()
-    if name == "boundary":
-        from .boundary import BoundarySampler  # imports the maps module; only when asked for
-
-        return BoundarySampler()
-    if name == "tpe":
-        if ostudy is None:
-            import optuna
-
-            ostudy = optuna.create_study(direction="minimize")
-        return TPESampler(ostudy)
-    raise ValueError(f"sampler {name!r} is not available in this version")

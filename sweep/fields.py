@@ -1,0 +1,197 @@
+"""Study-file fields: what each allows, its default, and the check that turns a TOML value into a plain one.
+
+`spec` lays every section of a study file out as a table of `Field`s;
+`check_section` walks one table and notes every wrong value (section.field
+and what is allowed) instead of stopping at the first::
+
+    >>> table = {"epochs": Field("an integer from 1 to 10000", 20, integer(1, 10000)),
+    ...          "timeout": Field("seconds per run, a number > 0", None, number(lambda v: v > 0))}
+    >>> problems = []
+    >>> check_section("study", {"epochs": 0, "timout": 5}, table, problems)
+    {'timeout': None}
+    >>> for p in problems: print(p)
+    ('study.timout', 'unknown key; allowed: epochs, timeout')
+    ('study.epochs', '0 is not allowed; allowed: an integer from 1 to 10000')
+
+A check returns the value (normalised) or raises `Invalid`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Collection
+
+REQUIRED = object()  # the default of a field the file must give
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class Invalid(ValueError):
+    """Why a value is wrong. Each reason is followed by what the field allows, unless
+    `allowed=False`: then the reasons say themselves what to do. No reason: the value
+    is not allowed."""
+
+    def __init__(self, *reasons: str, allowed: bool = True):
+        super().__init__(*reasons)
+        self.allowed = allowed
+
+
+@dataclass(frozen=True)
+class Field:
+    allowed: str                  # what the user may write; error messages end with it
+    default: Any                  # the value when the field is absent, or REQUIRED
+    check: Callable[[Any], Any]   # the value normalised, or raises Invalid
+
+
+def check_section(section: str, raw: dict, table: dict[str, Field], problems: list[tuple[str, str]],
+                  unknown: str = "key") -> dict[str, Any]:
+    """Every field of the table: its checked value or its default. A wrong or missing field is
+    noted in `problems` (and left out), as is every key the table does not know."""
+    for key in raw:
+        if key not in table:
+            problems.append((f"{section}.{key}", f"unknown {unknown}; allowed: {', '.join(table)}"))
+    values = {}
+    for key, field in table.items():
+        where = f"{section}.{key}"
+        if key not in raw:
+            if field.default is REQUIRED:
+                problems.append((where, "missing; " + field.allowed))
+            else:
+                values[key] = field.default
+            continue
+        try:
+            values[key] = field.check(raw[key])
+        except Invalid as exc:
+            reasons = exc.args or (f"{raw[key]!r} is not allowed",)
+            problems += [(where, f"{r}; allowed: {field.allowed}" if exc.allowed else r) for r in reasons]
+    return values
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def integer(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    """An integer from lo to hi (no upper bound when hi is None)."""
+    def check(v: Any) -> int:
+        if not is_int(v) or v < lo or (hi is not None and v > hi):
+            raise Invalid()
+        return v
+    return check
+
+
+def number(ok: Callable[[float], bool]) -> Callable[[Any], float]:
+    """A finite number for which `ok` holds, as a float."""
+    def check(v: Any) -> float:
+        if not is_number(v) or not math.isfinite(v) or not ok(v):
+            raise Invalid()
+        return float(v)
+    return check
+
+
+def one_of(allowed: Collection[str]) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if not isinstance(v, str) or v not in allowed:
+            raise Invalid()
+        return v
+    return check
+
+
+def plain_name(v: Any) -> str:
+    """A name that is a plain file name (the study's results directory)."""
+    if not isinstance(v, str) or not NAME_RE.match(v) or v in (".", ".."):
+        raise Invalid()
+    return v
+
+
+def seed_list(hi: int) -> Callable[[Any], tuple[int, ...]]:
+    """A non-empty list of distinct integers from 0 to hi."""
+    def check(v: Any) -> tuple[int, ...]:
+        if not isinstance(v, list) or not v or not all(is_int(s) and 0 <= s <= hi for s in v):
+            raise Invalid()
+        if len(set(v)) != len(v):
+            raise Invalid("has duplicate values; list each seed once", allowed=False)
+        return tuple(v)
+    return check
+
+
+def example_ref(catalog: Collection[str]) -> Callable[[Any], str]:
+    """A catalog id, or 'module:function' (a user builder; `builder_problem` imports it)."""
+    def check(v: Any) -> str:
+        if not isinstance(v, str):
+            raise Invalid()
+        if v in catalog:
+            return v
+        if ":" not in v:
+            raise Invalid(f"unknown example {v!r}")
+        module_name, _, attr = v.partition(":")
+        if not module_name or not attr:
+            raise Invalid()
+        return v
+    return check
+
+
+def builder_problem(ref: str) -> str | None:
+    """What is wrong with a 'module:function' builder, found by importing it (the user's code runs)."""
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module can fail in any way; report it, do not crash
+        return f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+    fn = getattr(module, attr, None)
+    if fn is None:
+        return f"module {module_name!r} has no attribute {attr!r}"
+    if not callable(fn):
+        return (f"{ref!r} is not callable; it must be a function "
+                "(activation: str, seed: int) -> (keras.Model compiled with its loss, x, y)")
+    return None
+
+
+# The checks of one value of a [grid] axis; `values_of` makes a check of the axis's list.
+def positive_number(v: Any) -> float:
+    if not is_number(v):
+        raise Invalid(f"{v!r} is not a number")
+    if not math.isfinite(v) or v <= 0:
+        raise Invalid()
+    return float(v)
+
+
+def positive_number_or_none(v: Any) -> float | None:
+    """A clipping value: "none" (any case) for no clipping."""
+    if isinstance(v, str) and v.lower() == "none":
+        return None
+    return positive_number(v)
+
+
+def positive_integer(v: Any) -> int:
+    if not is_int(v) or v < 1:
+        raise Invalid()
+    return v
+
+
+def values_of(check_one: Callable[[Any], Any]) -> Callable[[Any], tuple]:
+    """A non-empty list (or one value) of values each passing `check_one`, none twice."""
+    def check(values: Any) -> tuple:
+        if not isinstance(values, list):
+            values = [values]
+        if not values:
+            raise Invalid("is empty; give at least one value or leave the axis out", allowed=False)
+        out, reasons = [], []
+        for v in values:
+            try:
+                out.append(check_one(v))
+            except Invalid as exc:
+                reasons += exc.args or [f"{v!r} is not allowed"]
+        if reasons:
+            raise Invalid(*reasons)
+        if len(set(out)) != len(out):
+            dup = sorted({repr(v) for v in out if out.count(v) > 1})
+            raise Invalid(f"has duplicate values ({', '.join(dup)}); list each value once", allowed=False)
+        return tuple(out)
+    return check
