@@ -137,7 +137,7 @@ def top_axes(effects_df: pd.DataFrame, boundary: pd.DataFrame, n: int = 2) -> li
     return sorted(varying, key=lambda a: -moved[a])[:n]
 
 
-def _edge_rank(b: pd.Series) -> tuple[float, float]:
+def edge_rank(b: pd.Series) -> tuple[float, float]:
     """A setting's edge as a sortable pair: nothing stable lowest, stable to the grid's end highest."""
     if pd.isna(b["lr_stable_min"]):
         return (-math.inf, -math.inf)
@@ -186,7 +186,7 @@ def pivot_table(map_df: pd.DataFrame, boundary: pd.DataFrame, lrs: list[float], 
     rows = []
     for key, group in b.groupby(keys, observed=True, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        ranks = sorted(_edge_rank(r) for _, r in group.iterrows())
+        ranks = sorted(edge_rank(r) for _, r in group.iterrows())
         strip = "".join(_share_mark(*shares.loc[(*key, lr)]) if (*key, lr) in shares.index else " "
                         for lr in lrs)
         beyond = group["edge_status"].dropna().astype(str).value_counts()
