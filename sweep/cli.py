@@ -362,8 +362,11 @@ def effects_(study_dir: str) -> None:
 
     trials = _recorded(study_dir)
     map_df, boundary = maps.build(trials)
-    effects_df = effects.write(study_dir, map_df, boundary)
-    conditions_df = conditions.write(study_dir, trials)
+    try:
+        effects_df = effects.write(study_dir, map_df, boundary)
+        conditions_df = conditions.write(study_dir, trials)
+    except OSError as exc:  # a read-only or full results directory: a line, not a traceback (exit 1)
+        raise click.ClickException(f"{study_dir}: cannot write the answers: {exc.strerror or exc}") from None
     moved = sorted(effects_df.to_dict("records"), key=lambda e: -edge_move(e))
     _print_lines(f"What each value does to the edge against its axis's reference, over {len(boundary)} "
                  "settings, largest move first:",
