@@ -7,6 +7,7 @@ what is allowed; nothing is written), 1 anything else.
 from __future__ import annotations
 
 import sys
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,6 +24,7 @@ from rich.table import Table
 
 from . import reports
 from .spec import MAX_RUNS, SpecError, load
+from .tables import SMALL_STUDY, cell_text, edge_move, map_table, pivot_axes, pivot_table, top_axes
 from .verdict import STATUSES
 
 console = Console()
@@ -212,18 +214,8 @@ def show(study_dir: str, status: str | None, limit: int) -> None:
     for c in cols:
         table.add_column(c, justify="right" if c not in ("status",) else "left")
     for _, r in df.head(limit).iterrows():
-        table.add_row(*[_fmt(r[c]) for c in cols])
+        table.add_row(*[cell_text(r[c]) for c in cols])
     console.print(table)
-
-
-def _fmt(v) -> str:
-    import pandas as pd
-
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 @main.command()
@@ -292,32 +284,96 @@ def bench(quick: bool, results_dir: str) -> None:
     click.echo(f"speedup: {speedup(measurements):.1f}x")
 
 
-# One character per learning rate in `sweep map`'s strip, so a setting's whole row reads at a glance.
-STRIP = {"stable": "+", "unstable": "~", "stalled": "-", "diverged": "^", "nan": "N", "error": "!", "timeout": "!"}
-
-
-@main.command("map")
-@click.argument("study_dir", type=click.Path(file_okay=False))
-@click.option("--png", is_flag=True, help="Also write the plots under STUDY_DIR/plots/.")
-def map_(study_dir: str, png: bool) -> None:
-    """Print the stability map: per setting, the edge learning rate and what lies beyond it."""
-    from . import maps
-
+def _recorded(study_dir: str):
+    """The study's trials, or exit 2 naming the directory when there are none."""
     try:
         trials = reports.load_trials(study_dir)
     except reports.ResultsError as exc:
         raise BadInput(str(exc)) from None
     if trials.empty:
         raise BadInput(f"{study_dir}: no runs recorded yet")
+    return trials
+
+
+def _print_lines(heading: str, lines: list[str]) -> None:
+    """Plain sentences, each wrapped at the terminal's width with a hanging indent."""
+    click.echo(textwrap.fill(heading, console.width))
+    for line in lines:
+        # "94 %" stays on one line: the number and its unit are one word to the reader.
+        text = textwrap.fill(line.replace(" %", "\0%"), console.width, initial_indent="  ", subsequent_indent="      ")
+        click.echo(text.replace("\0", " "))
+
+
+def _condition_lines(conditions_df) -> list[str]:
+    from .conditions import describe
+
+    return [describe(c) for _, c in conditions_df.iterrows()] or ["no run failed"]
+
+
+@main.command("map")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--png", is_flag=True, help="Also write the plots under STUDY_DIR/plots/.")
+@click.option("--all", "every_setting", is_flag=True,
+              help=f"One row per setting however many there are (the default up to {SMALL_STUDY} settings).")
+def map_(study_dir: str, png: bool, every_setting: bool) -> None:
+    """Print the stability map: the edge learning rate and what lies beyond it, per setting
+    (a small study or --all) or pivoted over the two axes that move it most."""
+    from . import maps
+    from .conditions import conditions
+    from .effects import effects
+
+    trials = _recorded(study_dir)
     map_df, boundary = maps.build(trials)
     lrs = _grid_learning_rates(study_dir) or sorted(map_df["learning_rate"].unique())
-    console.print(map_table(map_df, boundary, lrs, title=f"{study_dir}: {trials['example'].iloc[0]}, "
-                            f"{len(boundary)} settings, {len(trials)} runs"))
+    title = (f"{study_dir}: {trials['example'].iloc[0]}, {len(boundary)} settings, {len(trials)} runs, "
+             f"{len(lrs)} learning rates")
+    if every_setting or len(boundary) <= SMALL_STUDY:
+        console.print(map_table(map_df, boundary, lrs, title))
+    else:
+        effects_df = effects(map_df, boundary)
+        axes = pivot_axes(boundary, top_axes(effects_df, boundary))
+        _print_lines(f"The axes that move the edge most: {' and '.join(axes)} (sweep effects):",
+                     [_strongest_effect(effects_df, a) for a in axes])
+        console.print(pivot_table(map_df, boundary, lrs, axes, title))
+        click.echo(textwrap.fill(f"Every one of the {len(boundary)} settings: sweep map {study_dir} --all "
+                                 "(and boundary.parquet).", console.width))
+    _print_lines("Where each failure occurs:", _condition_lines(conditions(trials)))
     if png:
         from .plots import write_plots
 
         for path in write_plots(study_dir):
             click.echo(f"wrote {path}")
+
+
+def _strongest_effect(effects_df, axis: str) -> str:
+    from .effects import describe
+
+    rows = effects_df[effects_df["axis"] == axis]
+    moved = [edge_move(e) for _, e in rows.iterrows()]
+    return describe(rows.iloc[moved.index(max(moved))]) if moved else f"{axis}: no paired settings"
+
+
+@main.command("effects")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+def effects_(study_dir: str) -> None:
+    """What each axis value does to the edge, and where each failure occurs; writes
+    effects.parquet and conditions.parquet in STUDY_DIR."""
+    from . import conditions, effects, maps
+
+    trials = _recorded(study_dir)
+    map_df, boundary = maps.build(trials)
+    try:
+        effects_df = effects.write(study_dir, map_df, boundary)
+        conditions_df = conditions.write(study_dir, trials)
+    except OSError as exc:  # a read-only or full results directory: a line, not a traceback (exit 1)
+        raise click.ClickException(f"{study_dir}: cannot write the answers: {exc.strerror or exc}") from None
+    moved = sorted(effects_df.to_dict("records"), key=lambda e: -edge_move(e))
+    _print_lines(f"What each value does to the edge against its axis's reference, over {len(boundary)} "
+                 "settings, largest move first:",
+                 [effects.describe(e) for e in moved] or ["no axis varies: nothing to compare"])
+    _print_lines("Where each failure occurs:", _condition_lines(conditions_df))
+    for name in (effects.EFFECTS_FILE, conditions.CONDITIONS_FILE):
+        click.echo(f"wrote {Path(study_dir) / name}")
 
 
 def _grid_learning_rates(study_dir: str) -> list[float] | None:
@@ -331,48 +387,6 @@ def _grid_learning_rates(study_dir: str) -> list[float] | None:
         return sorted(parse(meta["study_toml"], import_builder=False).grid["learning_rate"])
     except Exception:  # an older or hand-made directory: the map's own learning rates serve
         return None
-
-
-def map_table(map_df, boundary, lrs: list[float], title: str) -> Table:
-    """One row per setting: the varying axes, the status strip over the learning-rate grid,
-    where learning starts, the edge bracket, what lies beyond it, and the LR sensitivity."""
-    from . import maps
-    from .spec import SETTING_AXES
-
-    varying = [a for a in SETTING_AXES if boundary[a].astype(object).nunique(dropna=False) > 1]
-    table = Table(title=title, caption="strip, one mark per learning rate from "
-                  f"{_fmt(lrs[0])} to {_fmt(lrs[-1])}: + stable  ~ unstable  - stalled  ^ diverged  "
-                  "N nan  ! error/timeout  ? mixed  . not run (stable: a majority of seeds)")
-    for a in varying:
-        table.add_column(a, justify="right")
-    for c in ("strip", "learns from", "edge [stable, first non-stable]", "beyond the edge", "LR sens.", "runs"):
-        table.add_column(c, justify="left" if c in ("strip", "beyond the edge") else "right")
-    cells = {}
-    for _, r in map_df.iterrows():
-        key = tuple(_fmt(r[a]) for a in SETTING_AXES)
-        modal = str(r["modal_status"])
-        # Stable by majority of seeds shows +; otherwise the modal status (a stable mode
-        # without a majority, e.g. 1 stable, 1 nan, 1 diverged, shows ?).
-        cells.setdefault(key, {})[r["learning_rate"]] = (
-            "+" if maps.is_stable(r) else STRIP.get(modal, "?") if modal != "stable" else "?")
-    for _, b in boundary.iterrows():
-        key = tuple(_fmt(b[a]) for a in SETTING_AXES)
-        strip = "".join(cells.get(key, {}).get(lr, ".") for lr in lrs)
-        at = map_df
-        for a in SETTING_AXES:
-            at = at[at[a].isna()] if _fmt(b[a]) == "-" else at[at[a] == b[a]]
-        if _fmt(b["lr_stable_min"]) == "-":
-            edge, beyond = "nothing stable", f"{b['edge_status']} (most runs)"
-        elif _fmt(b["lr_unstable_min"]) == "-":
-            edge, beyond = f"[{_fmt(b['lr_stable_max'])}, -]", "stable to the grid's end"
-        else:
-            edge = f"[{_fmt(b['lr_stable_max'])}, {_fmt(b['lr_unstable_min'])}]"
-            cell = at[at["learning_rate"] == b["lr_unstable_min"]].iloc[0]
-            beyond = (f"{b['edge_status']}: P(stable) {int(cell['n_stable'])}/{int(cell['n_seeds'])} "
-                      f"[{cell['p_low']:.2f}, {cell['p_high']:.2f}]")
-        table.add_row(*[_fmt(b[a]) for a in varying], strip, _fmt(b["lr_stable_min"]), edge, beyond,
-                      _fmt(b["lr_sensitivity"]), str(int(b["n_runs"])))
-    return table
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ import pandas as pd
 import pyarrow as pa
 
 from . import faults
-from .reports import CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, load_trials, open_checked, write_atomic
+from .reports import (CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, load_trials, open_checked, typed,
+                      write_atomic)
 from .spec import AXES, SETTING_AXES
 from .verdict import ORCHESTRATOR_STATUSES, STATUSES
 
@@ -237,12 +238,18 @@ def _plain(v):
     return v
 
 
-def write(study_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rebuild `map.parquet` and `boundary.parquet` from the study's trials; returns both."""
+def recorded(study_dir: str | os.PathLike) -> pd.DataFrame:
+    """The study's trials, typed; an empty frame of the trials' columns when none are recorded yet."""
+    out = Path(study_dir)
+    return load_trials(out) if (out / "trials").is_dir() else typed(TRIAL_COLUMNS.empty_table())
+
+
+def write(study_dir: str | os.PathLike, trials: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rebuild `map.parquet` and `boundary.parquet` from the study's trials (`trials`, else read
+    with `recorded`); returns both."""
     out = Path(study_dir)
     # A session that recorded nothing yet still leaves (empty) maps, so readers find the files.
-    trials = load_trials(out) if (out / "trials").is_dir() else pd.DataFrame()
-    map_df, boundary_df = build(trials)
+    map_df, boundary_df = build(recorded(out) if trials is None else trials)
     write_atomic(_table(_rows(map_df), MAP_COLUMNS), out / MAP_FILE)
     faults.point("maps")
     write_atomic(_table(_rows(boundary_df), BOUNDARY_COLUMNS), out / BOUNDARY_FILE)

@@ -29,8 +29,11 @@ from . import maps, reports
 from .catalog import EXAMPLES, Example
 from .spec import CLIP_AXES, SETTING_AXES, config_from_dict
 from .spec import format_value as _fmt
+from .tables import edge_rank, top_axes
 
 PLOTS_DIR = "plots"
+# More lines than this in one panel of edge_vs_batch are a tangle: it draws medians instead.
+MAX_LINES = 8
 FACET_AXES = ("activation", "scaler")
 # Colours of the statuses in curve plots, worst first like verdict.STATUSES.
 STATUS_COLOURS = {"nan": "#d62728", "diverged": "#ff7f0e", "stalled": "#7f7f7f", "unstable": "#bcbd22",
@@ -90,7 +93,8 @@ def pstable_heatmap(map_df: pd.DataFrame, path: Path, title: str) -> Path:
         for (i, j), t in text.items():
             ax.text(j, i, t, ha="center", va="center", fontsize=7)
         ax.set_xticks(range(len(lrs)), [_fmt(float(v)) for v in lrs], rotation=60, fontsize=8)
-        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        # Every panel has the same rows: only the first column names them.
+        ax.set_yticks(range(len(rows)), rows if scs.index(sc) == 0 else [], fontsize=8)
         ax.set_xlabel("learning rate")
         ax.set_title(f"activation={act}, scaler={sc}", fontsize=9)
     for ax in axes.flat:
@@ -103,25 +107,36 @@ def pstable_heatmap(map_df: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
-def edge_vs_batch(boundary_df: pd.DataFrame, path: Path, title: str) -> Path | None:
-    """Edge learning rate against batch size, one panel per optimizer; None if batch size is fixed."""
+def edge_vs_batch(boundary_df: pd.DataFrame, path: Path, title: str, group_axis: str | None = None) -> Path | None:
+    """Edge learning rate against batch size, one panel per optimizer; None if batch size is fixed.
+
+    One line per combination of the other varying axes; when that is more than MAX_LINES,
+    one line per value of `group_axis` through the median setting's edge (settings ordered
+    by edge, `tables.edge_rank`), so that the figure stays readable at hundreds of settings."""
     df = boundary_df
     if df["batch_size"].nunique() < 2:
         return None
     line_axes = [a for a in _varying(df, SETTING_AXES) if a not in ("batch_size", "optimizer")]
     optimizers = [o for o in df["optimizer"].cat.categories if (df["optimizer"] == o).any()]
+    n_lines = df[line_axes].astype(object).drop_duplicates().shape[0] if line_axes else 1
+    median = n_lines > MAX_LINES and group_axis in line_axes
+    if median:
+        line_axes = [group_axis]
     fig = Figure(figsize=(5.5 * len(optimizers) + 2.5, 4.5), layout="constrained")
     axes = fig.subplots(1, len(optimizers), squeeze=False)[0]
     top = float(np.nanmax(df[["lr_stable_max", "lr_unstable_min"]].to_numpy(dtype=float)))
     for ax, opt in zip(axes, optimizers):
         part = df[df["optimizer"] == opt].copy()
         part["_line"] = [_row_label(r, line_axes) for _, r in part.iterrows()]
-        for n, (label, line) in enumerate(part.groupby("_line", sort=True)):
-            line = line.sort_values("batch_size")
-            x = line["batch_size"].to_numpy(float) * (1 + 0.04 * (n - len(part["_line"].unique()) / 2))
-            hi = line["lr_unstable_min"].to_numpy(float)
-            lo = line["lr_stable_max"].to_numpy(float)
-            drawn = ax.plot(x, hi, "o-", label=label, ms=4)[0]
+        n = part["_line"].nunique()
+        for k, (label, line) in enumerate(part.groupby("_line", sort=True)):
+            sizes = sorted(line["batch_size"].unique())
+            ranks = [sorted(edge_rank(r) for _, r in line[line["batch_size"] == b].iterrows()) for b in sizes]
+            lo, hi = np.array([r[(len(r) - 1) // 2] for r in ranks], dtype=float).T
+            lo, hi = np.where(np.isinf(lo), np.nan, lo), np.where(np.isinf(hi), np.nan, hi)
+            x = np.array(sizes, dtype=float) * (1 + 0.04 * (k - n / 2))
+            never = np.isnan(lo).all()  # the median setting has nothing stable at any batch size
+            drawn = ax.plot(x, hi, "o-", label=label + (" (nothing stable)" if never else ""), ms=4)[0]
             ax.vlines(x, lo, hi, color=drawn.get_color(), alpha=0.5, lw=3)
             beyond = np.isnan(hi) & ~np.isnan(lo)
             ax.plot(x[beyond], lo[beyond], "^", color=drawn.get_color(), ms=8)
@@ -129,11 +144,13 @@ def edge_vs_batch(boundary_df: pd.DataFrame, path: Path, title: str) -> Path | N
         ax.set_yscale("log")
         ax.set_xticks(sorted(part["batch_size"].unique()), [str(b) for b in sorted(part["batch_size"].unique())])
         ax.set_xlabel("batch size")
-        ax.set_ylabel("learning rate at the edge")
+        ax.set_ylabel("learning rate at the edge" + (" (median setting)" if median else ""))
         ax.set_title(f"optimizer={opt}", fontsize=10)
         ax.axhline(top, color="#999", lw=0.5, ls=":")
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
-    fig.suptitle(title + "\n(dot: first non-stable learning rate; bar down to the last stable one; "
+    what = (f"per {group_axis} and batch size, the edge of the median setting over the other axes; " if median
+            else "")
+    fig.suptitle(title + f"\n({what}dot: first non-stable learning rate; bar down to the last stable one; "
                  "▲: stable up to the grid's largest)", fontsize=10)
     fig.savefig(path, dpi=110)
     return path
@@ -186,6 +203,9 @@ def loss_curves(trials: pd.DataFrame, curves: pd.DataFrame, example: Example, pa
 
 def write_plots(study_dir: str | os.PathLike) -> list[Path]:
     """Every plot the study's data supports, under `<study_dir>/plots/`; returns the files written."""
+    from .answer_plots import effects_chart, pstable_by_axis
+    from .effects import effects
+
     out = Path(study_dir)
     trials = reports.load_trials(out)
     map_df, boundary_df = maps.build(trials)
@@ -194,12 +214,20 @@ def write_plots(study_dir: str | os.PathLike) -> list[Path]:
     example = str(trials["example"].iloc[0]) if len(trials) else ""
     written = []
     if len(map_df):
+        effects_df = effects(map_df, boundary_df)
+        ranked = top_axes(effects_df, boundary_df, n=len(SETTING_AXES))
         written.append(pstable_heatmap(map_df, out / PLOTS_DIR / "pstable.png",
                                        f"{name} ({example})\nP(stable) over seeds; grey: not run"))
         edge = edge_vs_batch(boundary_df, out / PLOTS_DIR / "edge_vs_batch.png",
-                             f"{name} ({example}): edge learning rate against batch size")
-        if edge:
-            written.append(edge)
+                             f"{name} ({example}): edge learning rate against batch size",
+                             next((a for a in ranked if a not in ("batch_size", "optimizer")), None))
+        chart = effects_chart(effects_df, out / PLOTS_DIR / "effects.png",
+                              f"{name} ({example}): what each value does to the edge, against its axis's reference")
+        written += [p for p in (edge, chart) if p]
+        if ranked:
+            written.append(pstable_by_axis(map_df, ranked[0], out / PLOTS_DIR / f"pstable_by_{ranked[0]}.png",
+                                           f"{name} ({example}): P(stable) by {ranked[0]},\nthe axis whose "
+                                           "values move the edge most"))
     if example in EXAMPLES:
         ex = EXAMPLES[example]
         curves = loss_curves(trials, reports.load_curves(out), ex, out / PLOTS_DIR / "curves.png",

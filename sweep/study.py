@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import faults, maps, reports
+from . import conditions, effects, faults, maps, reports
 from .engines import Engine
 from .optuna_study import OptunaRecord
 from .pool import DEFAULT_BATCH_RUNS, Pool, batch_size
@@ -213,9 +213,13 @@ def _session(study, out, engine, max_trials, address, storage, cpus_per_worker, 
         summary.phases["start"] = time.perf_counter() - started
         _loop(study, out, done, sampler, pool, record, summary, max_trials,
               batch_runs or DEFAULT_BATCH_RUNS.get(engine_name(eng), 8), on_batch, started)
-    # The maps are a view of trials/: rebuilt whole at the end of every session, resumed or not.
+    # The maps and the answers are views of trials/: rebuilt whole at the end of every session,
+    # resumed or not; the answers from the maps' frames, not from the files.
     t0 = time.perf_counter()
-    maps.write(out)
+    trials = maps.recorded(out)
+    map_df, boundary_df = maps.write(out, trials)
+    effects.write(out, map_df, boundary_df)
+    conditions.write(out, trials)
     faults.point("done")
     summary.phases["maps"] = time.perf_counter() - t0
     summary.seconds = time.perf_counter() - started
