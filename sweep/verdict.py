@@ -1,4 +1,4 @@
-"""What happened to a run: one status from its loss curve, by DESIGN.md's rules.
+"""What happened to a run: one status from its loss curve, by the rules of docs/design.md.
 
 The rules are checked in order and the first that matches wins::
 
@@ -9,8 +9,8 @@ The rules are checked in order and the first that matches wins::
     'stalled'
     >>> judge(0.69, [0.5, 1.2, 0.4], None)
     'unstable'
-    >>> judge(0.69, [9.0, 0.7], None, Thresholds(diverge_factor=10.0))
-    'stalled'
+    >>> judge(0.69, [9.0, 0.7], None, Thresholds(diverge_factor=10.0))  # back above l0 after 13 x l0
+    'diverged'
     >>> judge(0.69, [0.5, float("nan")], first_nonfinite_step=40)
     'nan'
 """

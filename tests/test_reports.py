@@ -1,4 +1,4 @@
-"""Parquet reports: DESIGN.md's columns and dtypes, atomic parts, orphan tidying, refusal of bad parts."""
+"""Parquet reports: the columns of docs/design.md and dtypes, atomic parts, orphan tidying, refusal of bad parts."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""DESIGN.md's verdict rules on hand-made curves, each rule at its boundary."""
+"""The verdict rules of docs/design.md on hand-made curves, each rule at its boundary."""
 
 import math
 
