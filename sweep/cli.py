@@ -327,10 +327,11 @@ def map_(study_dir: str, png: bool, every_setting: bool) -> None:
     lrs = _grid_learning_rates(study_dir) or sorted(map_df["learning_rate"].unique())
     title = (f"{study_dir}: {trials['example'].iloc[0]}, {len(boundary)} settings, {len(trials)} runs, "
              f"{len(lrs)} learning rates")
+    effects_df = effects(map_df, boundary)
     if every_setting or len(boundary) <= SMALL_STUDY:
         console.print(map_table(map_df, boundary, lrs, title))
+        _print_lines("What each value does to the edge (sweep effects):", _effect_lines(effects_df))
     else:
-        effects_df = effects(map_df, boundary)
         axes = pivot_axes(boundary, top_axes(effects_df, boundary))
         _print_lines(f"The axes that move the edge most: {' and '.join(axes)} (sweep effects):",
                      [_strongest_effect(effects_df, a) for a in axes])
@@ -343,6 +344,14 @@ def map_(study_dir: str, png: bool, every_setting: bool) -> None:
 
         for path in write_plots(study_dir):
             click.echo(f"wrote {path}")
+
+
+def _effect_lines(effects_df) -> list[str]:
+    """Every effect in plain words, the largest move of the edge first."""
+    from .effects import describe
+
+    moved = sorted(effects_df.to_dict("records"), key=lambda e: -edge_move(e))
+    return [describe(e) for e in moved] or ["no axis varies: nothing to compare"]
 
 
 def _strongest_effect(effects_df, axis: str) -> str:
@@ -367,10 +376,8 @@ def effects_(study_dir: str) -> None:
         conditions_df = conditions.write(study_dir, trials)
     except OSError as exc:  # a read-only or full results directory: a line, not a traceback (exit 1)
         raise click.ClickException(f"{study_dir}: cannot write the answers: {exc.strerror or exc}") from None
-    moved = sorted(effects_df.to_dict("records"), key=lambda e: -edge_move(e))
     _print_lines(f"What each value does to the edge against its axis's reference, over {len(boundary)} "
-                 "settings, largest move first:",
-                 [effects.describe(e) for e in moved] or ["no axis varies: nothing to compare"])
+                 "settings, largest move first:", _effect_lines(effects_df))
     _print_lines("Where each failure occurs:", _condition_lines(conditions_df))
     for name in (effects.EFFECTS_FILE, conditions.CONDITIONS_FILE):
         click.echo(f"wrote {Path(study_dir) / name}")
