@@ -15,6 +15,8 @@ finished study (a resume with nothing left to do).
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import platform
 import shutil
@@ -54,22 +56,37 @@ class TimedPool(LocalPool):
             TimedPool.worker_seconds += time.perf_counter() - t0
 
 
+# The grid a user would write, axis by axis: the first four always, the rest added while a
+# grid of that size would still need more than MAX_SEEDS seeds to reach the target.
+BASE_AXES = {"learning_rate": [float(f"{x:.3g}") for x in np.geomspace(1e-4, 10, 25)],
+             "clipnorm": ["none", 0.1, 1.0, 10.0], "batch_size": [16, 32, 128, 1000],
+             "activation": ["relu", "tanh", "sigmoid", "gelu", "elu"]}
+MORE_AXES = {"scaler": ["none", "standard", "minmax"], "optimizer": ["adam", "sgd", "rmsprop"],
+             "schedule": ["constant", "plateau"]}
+MAX_SEEDS = 20
+
+
 def grid_study(target: int):
-    """A 6-axis grid of about `target` runs (10 seeds)."""
-    n_lr = max(1, target // (4 * 4 * 5 * 10))
-    lrs = [float(f"{x:.3g}") for x in np.geomspace(1e-4, 10, n_lr)]
+    """A grid of about `target` runs: 25 learning rates, clipping, batch size, activation, then
+    scaler, optimizer and schedule as needed, and the seeds that make up the rest."""
+    axes = dict(BASE_AXES)
+    configs = math.prod(len(v) for v in axes.values())
+    for name, values in MORE_AXES.items():
+        if target / configs <= MAX_SEEDS:
+            break
+        axes[name] = values
+        configs *= len(values)
+    seeds = max(1, round(target / configs))
+    grid = "\n".join(f"{name} = {json.dumps(values)}" for name, values in axes.items())
     text = f'''[study]
 name = "bench-driver"
 example = "exploding_gradients"
 epochs = 2
-seeds = {list(range(10))}
+seeds = {list(range(seeds))}
 [grid]
-learning_rate = {lrs}
-clipnorm = ["none", 0.1, 1.0, 10.0]
-batch_size = [16, 32, 128, 1000]
-activation = ["relu", "tanh", "sigmoid", "gelu", "elu"]
+{grid}
 '''
-    return parse(text, "bench-driver.toml")
+    return parse(text, "bench-driver.toml", max_runs=configs * seeds)
 
 
 def session(study, results):

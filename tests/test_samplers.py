@@ -42,6 +42,9 @@ class ShuffledPool:
     def idle(self):
         return self.slots - len(self.held)
 
+    def capacity(self):
+        return 0
+
     def submit(self, runs):
         self.submitted.update(r.key for r in runs)
         self.held.append(list(runs))
