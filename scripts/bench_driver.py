@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -28,14 +29,20 @@ import numpy as np
 
 from sweep import study as driver
 from sweep.engines import Outcome
+from sweep.engines.population import GPU_MAX_K
 from sweep.pool import LocalPool
 from sweep.spec import parse
+from sweep.workers import execute
 
 
 class InstantEngine:
     """Two epochs of a made-up, stable loss curve, no training."""
 
     name = "instant"
+
+    def capacity(self, study):
+        """Runs at once: as a GPU worker whose memory allows the population engine's largest K."""
+        return GPU_MAX_K
 
     def train(self, study, runs):
         return [Outcome(initial_loss=0.7, initial_accuracy=0.5, epoch_loss=[0.5, 0.4], epoch_accuracy=[0.6, 0.7],
@@ -44,16 +51,24 @@ class InstantEngine:
 
 
 class TimedPool(LocalPool):
-    """LocalPool that keeps the time spent training and building rows (the workers' share)."""
+    """LocalPool that keeps the time spent training and building rows (the workers' share).
+    Its rows carry fixed library versions, so this process never imports TensorFlow (as a Ray
+    driver never does): the driver's memory is measured without it."""
 
     worker_seconds = 0.0
+
+    def __enter__(self):
+        return self
 
     def wait(self):
         t0 = time.perf_counter()
         try:
-            return super().wait()
+            return list(execute(self.study, self.queue.popleft(), self.engine, versions=VERSIONS)) if self.queue else []
         finally:
             TimedPool.worker_seconds += time.perf_counter() - t0
+
+
+VERSIONS = ("bench", "bench")
 
 
 # The grid a user would write, axis by axis: the first four always, the rest added while a
@@ -100,14 +115,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20000, help="about this many planned runs (default 20000)")
     ap.add_argument("--results", default=None, help="results directory (default: a temporary one, removed)")
+    ap.add_argument("--session", action="store_true",
+                    help="run (or resume) the study once, untimed, keeping --results (the resume test's driver)")
     args = ap.parse_args()
     results = Path(args.results or tempfile.mkdtemp(prefix="bench-driver-"))
     study = grid_study(args.runs)
     n = len(study.plan())
-    # In-process training imports TensorFlow once (a Ray driver never does): not the driver's cost.
-    from sweep.cluster import import_tensorflow
-
-    import_tensorflow()
+    if args.session:
+        summary, _, _ = session(study, results)
+        print(f"ran {summary.ran}, already recorded {summary.already_done} of {n}")
+        return
     try:
         summary, wall, worker = session(study, results)
         assert summary.ran == n, (summary.ran, n)
@@ -128,7 +145,8 @@ def main() -> None:
         summary2, wall2, _ = session(study, results)
         assert summary2.ran == 0
         print(f"resume of the finished study (nothing to train): {wall2:.1f} s")
-        print(f"driver overhead: {driver_s / n * 1000:.3f} ms per run at {n} runs")
+        print(f"driver overhead: {driver_s / n * 1000:.3f} ms per run at {n} runs; peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     finally:
         if args.results is None:
             shutil.rmtree(results, ignore_errors=True)

@@ -51,7 +51,7 @@ STUDY_META = "study.json"
 LOCK_FILE = ".driver.lock"
 # Rows wait in memory until this many or this old, then one part file: fewer, larger
 # files for readers, and what a killed driver can lose is bounded (it is trained again).
-COMMIT_ROWS = 256
+COMMIT_ROWS = 4096
 COMMIT_SECONDS = 5.0
 
 
