@@ -51,6 +51,8 @@ from .reports import CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, lo
 from .spec import AXES, SETTING_AXES
 from .verdict import ORCHESTRATOR_STATUSES, STATUSES
 
+# The trials columns the maps are built from (`write` reads no others: a study holds millions of rows).
+MAP_INPUT = ("trial", "study", "example", *AXES, "status", "initial_loss", "final_loss")
 MAP_FILE = "map.parquet"
 BOUNDARY_FILE = "boundary.parquet"
 
@@ -303,7 +305,7 @@ def write(study_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rebuild `map.parquet` and `boundary.parquet` from the study's trials; returns both."""
     out = Path(study_dir)
     # A session that recorded nothing yet still leaves (empty) maps, so readers find the files.
-    trials = load_trials(out) if (out / "trials").is_dir() else pd.DataFrame()
+    trials = load_trials(out, MAP_INPUT) if (out / "trials").is_dir() else pd.DataFrame()
     map_table, boundary_table = _tables(trials)
     write_atomic(map_table, out / MAP_FILE)
     faults.point("maps")

@@ -260,7 +260,7 @@ def _loop(study, out, done, sampler, pool, record, summary, max_trials, limit, p
         for row, curves in finished:
             key = (row["config_id"], int(row["seed"]))
             scheduled.discard(key)
-            done[key] = row
+            done[key] = reports.done_row(row)
             rows.append(row)
             buffer.add(row, curves)
         faults.point("collected")
