@@ -319,29 +319,59 @@ def load_curves(path: str | os.PathLike) -> pd.DataFrame:
     return _read(p / "curves", CURVE_COLUMNS).to_pandas().sort_values(["trial", "epoch"], ignore_index=True)
 
 
-# What the driver keeps in memory of each recorded run (`done_rows`, `done_row`): its identity and
-# what the samplers and the Optuna copy read; the rest stays in trials/. Whole rows took about
-# 2.5 kB each: 2.5 GB at 1,000,000 runs.
+# What the driver keeps in memory of each recorded run (`DoneRow`): its identity and what the
+# samplers and the Optuna copy read; the rest stays in trials/.
 DONE_COLUMNS = ("trial", "config_id", "seed", "status", "final_loss", "message", "max_loss_ratio",
                 "final_loss_ratio", "grad_norm_max", "first_nonfinite_step")
 
 
-def done_row(row: dict) -> dict:
-    """The part of a trials row the driver keeps (`DONE_COLUMNS`), its status shared."""
-    out = {k: row.get(k) for k in DONE_COLUMNS}
-    out["status"] = _STATUS_NAMES.get(out["status"], out["status"])
-    return out
+class DoneRow:
+    """A recorded run as the driver keeps it (`DONE_COLUMNS`), read like the trials row it comes
+    from (`row["status"]`, `row.get("message")`). A slotted object takes a sixth of a dict's
+    memory: whole row dicts took ~2.5 kB per run, 2.5 GB at 1,000,000 runs.
+
+    >>> row = done_row({"trial": 3, "config_id": "ab", "seed": 0, "status": "stable", "worker": "w"})
+    >>> row["trial"], row.get("message"), row.get("worker", "-")
+    (3, None, '-')
+    """
+
+    __slots__ = DONE_COLUMNS
+
+    def __init__(self, *values):
+        for name, value in zip(DONE_COLUMNS, values):
+            setattr(self, name, value)
+
+    def __getitem__(self, key: str):
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default=None):
+        return getattr(self, key, default) if key in DONE_COLUMNS else default
+
+    def __repr__(self) -> str:
+        return f"DoneRow({', '.join(f'{k}={getattr(self, k)!r}' for k in DONE_COLUMNS)})"
 
 
 _STATUS_NAMES = {s: s for s in STATUSES}
 
 
-def done_rows(study_dir: Path) -> dict[tuple[str, int], dict]:
-    """Every run already recorded: (config_id, seed) -> its `done_row`."""
+def done_row(row: dict) -> DoneRow:
+    """The part of a trials row the driver keeps, its status shared."""
+    values = [row.get(k) for k in DONE_COLUMNS]
+    values[3] = _STATUS_NAMES.get(values[3], values[3])
+    return DoneRow(*values)
+
+
+def done_rows(study_dir: Path) -> dict[tuple[str, int], DoneRow]:
+    """Every run already recorded: (config_id, seed) -> its `DoneRow`."""
     if not (study_dir / "trials").is_dir():
         return {}
     table = _read(study_dir / "trials", TRIAL_COLUMNS, DONE_COLUMNS)
     columns = [table.column(c).to_pylist() for c in DONE_COLUMNS]
     del table
-    columns[DONE_COLUMNS.index("status")] = [_STATUS_NAMES.get(s, s) for s in columns[DONE_COLUMNS.index("status")]]
-    return {(r["config_id"], r["seed"]): r for r in (dict(zip(DONE_COLUMNS, values)) for values in zip(*columns))}
+    for i in (DONE_COLUMNS.index("config_id"), DONE_COLUMNS.index("status")):
+        shared: dict[str, str] = {}  # one string per configuration and per status, not per run
+        columns[i] = [shared.setdefault(v, v) for v in columns[i]]
+    return {(r.config_id, r.seed): r for r in (DoneRow(*values) for values in zip(*columns))}
