@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,8 @@ from .reports import (CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, l
 from .spec import AXES, SETTING_AXES
 from .verdict import ORCHESTRATOR_STATUSES, STATUSES
 
+# The trials columns the maps are built from (`write` reads no others: a study holds millions of rows).
+MAP_INPUT = ("trial", "study", "example", *AXES, "status", "initial_loss", "final_loss")
 MAP_FILE = "map.parquet"
 BOUNDARY_FILE = "boundary.parquet"
 
@@ -110,45 +113,107 @@ def modal_status(statuses: pd.Series) -> str | None:
     return next(s for s in STATUSES if counts.get(s, 0) == top)
 
 
-def _setting_key_frame(trials: pd.DataFrame, axes: tuple[str, ...]) -> pd.Series:
-    # Clipping is null when absent; groupby on NaN keys is fragile across pandas versions,
-    # so group on a tuple key where null is a plain None.
-    cols = [trials[a].astype(object).where(trials[a].notna(), None) for a in axes]
-    return pd.Series(list(zip(*cols)), index=trials.index) if cols else pd.Series([()] * len(trials))
+def _codes(trials: pd.DataFrame, axes: tuple[str, ...]) -> np.ndarray:
+    """One integer per row naming its values of `axes`, numbered in order of first appearance
+    (an absent clipping value is a value of its own)."""
+    key = np.zeros(len(trials), np.int64)
+    for a in axes:
+        codes, uniques = pd.factorize(trials[a].astype(object), use_na_sentinel=False)
+        key = key * max(1, len(uniques)) + codes
+        key = pd.factorize(key)[0]  # renumbered, so that the product never overflows
+    return key
 
 
 def build(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The map and boundary rows of a study's trials (as `load_trials` returns them)."""
+    map_table, boundary_table = _tables(trials)
+    return _typed_map(map_table), _typed_map(boundary_table)
+
+
+def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
+    """`build`'s reports as Arrow tables. The cells (setting, learning rate) are summed with numpy
+    over all rows at once (a study holds tens of thousands of them); each setting's edge is then
+    found from its few cells (`edge`, `lr_sensitivity`)."""
     trials = trials.reset_index(drop=True)
-    map_rows, boundary_rows = [], []
     if trials.empty:
-        return (_frame([], MAP_COLUMNS), _frame([], BOUNDARY_COLUMNS))
-    setting_key = _setting_key_frame(trials, SETTING_AXES)
-    for key, runs in trials.groupby(setting_key, sort=False):
-        setting = dict(zip(SETTING_AXES, key))
-        identity = {"study": str(runs["study"].iloc[0]), "example": str(runs["example"].iloc[0])}
-        per_lr = []
-        for lr, seeds in runs.groupby("learning_rate", sort=True):
-            row = {**identity, **setting, "learning_rate": float(lr), **_cell(seeds)}
-            per_lr.append(row)
-            map_rows.append(row)
-        boundary_rows.append({**identity, **setting, **edge(per_lr), "n_runs": len(runs),
-                              "lr_sensitivity": lr_sensitivity(runs)})
-    return _frame(map_rows, MAP_COLUMNS), _frame(boundary_rows, BOUNDARY_COLUMNS)
+        return _table([], MAP_COLUMNS), _table([], BOUNDARY_COLUMNS)
+    setting = _codes(trials, SETTING_AXES)
+    lr = trials["learning_rate"].astype(float).to_numpy()
+    # Cells in the order of their setting's first row, then by learning rate.
+    order = np.lexsort((lr, setting))
+    cell_of_sorted = np.r_[0, np.cumsum((np.diff(setting[order]) != 0) | (np.diff(lr[order]) != 0))]
+    cell = np.empty(len(trials), np.int64)
+    cell[order] = cell_of_sorted
+    n_cells = int(cell_of_sorted[-1]) + 1
+    first = np.full(n_cells, len(trials), np.int64)
+    np.minimum.at(first, cell, np.arange(len(trials)))
 
+    status = trials["status"].astype(str).to_numpy()
+    status_code = pd.Categorical(status, categories=STATUSES).codes
+    counts = np.zeros((n_cells, len(STATUSES)), np.int64)
+    np.add.at(counts, (cell, status_code), 1)
+    trained = ~np.isin(status, ORCHESTRATOR_STATUSES)
+    n = counts[:, [STATUSES.index(s) for s in STATUSES if s not in ORCHESTRATOR_STATUSES]].sum(axis=1)
+    k = counts[:, STATUSES.index("stable")]
+    modal = np.array(STATUSES, dtype=object)[counts.argmax(axis=1)]  # ties: the earlier status
 
-def _cell(seeds: pd.DataFrame) -> dict:
-    """One (setting, learning rate): its seeds' statuses summarised."""
-    status = seeds["status"].astype(str)
-    trained = status[~status.isin(ORCHESTRATOR_STATUSES)]
-    n, k = len(trained), int((trained == "stable").sum())
-    low, high = wilson(k, n)
-    ratio = (seeds["final_loss"] / seeds["initial_loss"]).astype(float)
-    ratio = ratio[~status.isin(ORCHESTRATOR_STATUSES)].to_numpy()
+    l0 = trials["initial_loss"].astype(float).to_numpy()
+    final = trials["final_loss"].astype(float).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = final / l0
     ratio = np.where(np.isfinite(ratio), ratio, np.inf)
-    return {"n_seeds": n, "n_stable": k, "p_stable": k / n if n else math.nan, "p_low": low,
-            "p_high": high, "modal_status": modal_status(status),
-            "median_final_loss_ratio": float(np.median(ratio)) if len(ratio) else math.nan}
+    median = _medians(cell[trained], ratio[trained], n_cells)
+    capped = np.where(np.isfinite(final), np.minimum(final, l0), l0)
+    capped_mean = np.bincount(cell[trained], capped[trained], n_cells) / np.maximum(n, 1)
+    low, high = _wilson(k, n)
+
+    cells = trials.iloc[first]
+    columns = {name: cells[name].astype(object).to_numpy() for name in ("study", "example", *AXES)}
+    columns.update(n_seeds=n, n_stable=k, p_stable=np.where(n > 0, k / np.maximum(n, 1), np.nan), p_low=low,
+                   p_high=high, modal_status=modal, median_final_loss_ratio=median)
+    map_table = _columns_table(columns, n_cells, MAP_COLUMNS)
+
+    # Settings: runs of cells in cell order (cells are sorted by setting, then learning rate).
+    cell_setting = setting[first]
+    starts = np.flatnonzero(np.r_[True, cell_setting[1:] != cell_setting[:-1]])
+    runs_per_cell = counts.sum(axis=1)
+    lrs, ns, ks, modals = lr[first].tolist(), n.tolist(), k.tolist(), modal.tolist()
+    boundary = []
+    for i, j in zip(starts, np.r_[starts[1:], n_cells]):
+        per_lr = [{"learning_rate": lrs[c], "n_seeds": ns[c], "n_stable": ks[c], "modal_status": modals[c]}
+                  for c in range(i, j)]
+        means = capped_mean[i:j][n[i:j] > 0]
+        boundary.append({**edge(per_lr), "n_runs": int(runs_per_cell[i:j].sum()),
+                         "lr_sensitivity": float(means.mean() - means.min()) if len(means) else math.nan})
+    columns = {name: columns[name][starts] for name in ("study", "example", *SETTING_AXES)}
+    columns.update({name: [b[name] for b in boundary] for name in boundary[0]})
+    return map_table, _columns_table(columns, len(starts), BOUNDARY_COLUMNS)
+
+
+def _medians(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """The median of `values` per group (NaN for a group without values), as np.median gives it."""
+    order = np.lexsort((values, groups))
+    groups, values = groups[order], values[order]
+    size = np.bincount(groups, minlength=n_groups)
+    start = np.r_[0, np.cumsum(size)[:-1]]
+    out = np.full(n_groups, np.nan)
+    has = size > 0
+    lo = values[(start + (size - 1) // 2)[has]]
+    hi = values[(start + size // 2)[has]]
+    with np.errstate(invalid="ignore"):
+        out[has] = np.where(lo == hi, lo, (lo + hi) / 2)  # inf and inf: inf, not nan
+    return out
+
+
+def _wilson(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`wilson` over arrays."""
+    pairs = [wilson(int(a), int(b)) for a, b in zip(k, n)] if len(k) else []
+    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+
+
+def _columns_table(columns: dict, n: int, schema: pa.Schema) -> pa.Table:
+    arrays = [pa.array(list(columns[f.name]) if n else [], type=f.type, from_pandas=True) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema).replace_schema_metadata({"schema_version": SCHEMA_VERSION})
 
 
 def is_stable(cell: dict) -> bool:
@@ -238,26 +303,23 @@ def _plain(v):
     return v
 
 
-def recorded(study_dir: str | os.PathLike) -> pd.DataFrame:
-    """The study's trials, typed; an empty frame of the trials' columns when none are recorded yet."""
+def recorded(study_dir: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The study's trials, typed (all columns, or `columns`); an empty frame of the trials'
+    columns when none are recorded yet."""
     out = Path(study_dir)
-    return load_trials(out) if (out / "trials").is_dir() else typed(TRIAL_COLUMNS.empty_table())
+    return load_trials(out, columns) if (out / "trials").is_dir() else typed(TRIAL_COLUMNS.empty_table())
 
 
 def write(study_dir: str | os.PathLike, trials: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rebuild `map.parquet` and `boundary.parquet` from the study's trials (`trials`, else read
-    with `recorded`); returns both."""
+    """Rebuild `map.parquet` and `boundary.parquet` from the study's trials (`trials`, else its
+    MAP_INPUT columns read with `recorded`); returns both."""
     out = Path(study_dir)
     # A session that recorded nothing yet still leaves (empty) maps, so readers find the files.
-    map_df, boundary_df = build(recorded(out) if trials is None else trials)
-    write_atomic(_table(_rows(map_df), MAP_COLUMNS), out / MAP_FILE)
+    map_table, boundary_table = _tables(recorded(out, MAP_INPUT) if trials is None else trials)
+    write_atomic(map_table, out / MAP_FILE)
     faults.point("maps")
-    write_atomic(_table(_rows(boundary_df), BOUNDARY_COLUMNS), out / BOUNDARY_FILE)
-    return map_df, boundary_df
-
-
-def _rows(df: pd.DataFrame) -> list[dict]:
-    return df.astype(object).where(df.notna(), None).to_dict("records")
+    write_atomic(boundary_table, out / BOUNDARY_FILE)
+    return _typed_map(map_table), _typed_map(boundary_table)
 
 
 def _load(path: Path, schema: pa.Schema) -> pd.DataFrame:

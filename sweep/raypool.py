@@ -224,9 +224,25 @@ class RayPool:
         """Actors without a batch, started or starting (none while re-runs are waiting)."""
         return 0 if self.faults.retry else sum(1 for s in self.actors.slots if not s.runs)
 
+    def capacity(self) -> int:
+        """The capacity the next batch's actor reported. While every actor without a batch is
+        still starting, waits for one of them: its capacity (GPU memory, K) is known only then."""
+        import ray
+
+        while True:
+            idle = [s for s in self.actors.slots if not s.runs]
+            if not idle:
+                return 0
+            started = [s for s in idle if s.starting is None]
+            if started:
+                return started[0].info.get("capacity") or 0
+            ready, _ = ray.wait([s.starting for s in idle], num_returns=1)
+            self._started(next(s for s in idle if s.starting is ready[0]))
+
     def submit(self, runs: Sequence[Run]) -> None:
-        """Give a batch to an actor without one; it starts when the actor has started."""
-        slot = next(s for s in self.actors.slots if not s.runs)
+        """Give a batch to an actor without one, a started one first (`capacity` spoke of it);
+        at a starting actor, the batch starts when the actor has started."""
+        slot = min((s for s in self.actors.slots if not s.runs), key=lambda s: s.starting is not None)
         slot.runs, slot.done = list(runs), 0
         if slot.starting is None:
             slot.launch()

@@ -21,6 +21,8 @@ import socket
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -164,8 +166,9 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
 
 
 def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    full = [{name: r.get(name) for name in schema.names} for r in rows]
-    table = pa.Table.from_pylist(full, schema=schema)
+    # Column by column: a third of the time of pa.Table.from_pylist's row by row.
+    columns = [pa.array([r.get(f.name) for r in rows], type=f.type) for f in schema]
+    table = pa.Table.from_arrays(columns, schema=schema)
     return table.replace_schema_metadata({"schema_version": SCHEMA_VERSION})
 
 
@@ -260,10 +263,12 @@ def check_curves(study_dir: Path) -> None:
         open_checked(part, CURVE_COLUMNS)
 
 
-def _read(directory: Path, schema: pa.Schema) -> pa.Table:
+def _read(directory: Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
+    """The dataset's parts (each checked against the whole `schema`) as one table, of its `columns` only if given."""
+    full, schema = schema, schema if columns is None else pa.schema([schema.field(c) for c in columns])
     tables = []
     for part in _parts(directory):
-        pf = open_checked(part, schema)
+        pf = open_checked(part, full)
         try:
             tables.append(pf.read(columns=schema.names).cast(schema))
         except Exception as exc:  # a footer that reads over damaged data pages
@@ -297,9 +302,10 @@ def study_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def load_trials(path: str | os.PathLike) -> pd.DataFrame:
-    """One row per (configuration, seed), typed: categoricals, nullable clipping and steps."""
-    return typed(_read(study_path(path) / "trials", TRIAL_COLUMNS)).sort_values("trial", ignore_index=True)
+def load_trials(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per (configuration, seed), typed: categoricals, nullable clipping and steps; all
+    columns, or `columns` (which must include `trial`, the order of the rows)."""
+    return typed(_read(study_path(path) / "trials", TRIAL_COLUMNS, columns)).sort_values("trial", ignore_index=True)
 
 
 def load_curves(path: str | os.PathLike) -> pd.DataFrame:
@@ -313,9 +319,59 @@ def load_curves(path: str | os.PathLike) -> pd.DataFrame:
     return _read(p / "curves", CURVE_COLUMNS).to_pandas().sort_values(["trial", "epoch"], ignore_index=True)
 
 
-def done_rows(study_dir: Path) -> dict[tuple[str, int], dict]:
-    """Every run already recorded: (config_id, seed) -> its trials row."""
+# What the driver keeps in memory of each recorded run (`DoneRow`): its identity and what the
+# samplers and the Optuna copy read; the rest stays in trials/.
+DONE_COLUMNS = ("trial", "config_id", "seed", "status", "final_loss", "message", "max_loss_ratio",
+                "final_loss_ratio", "grad_norm_max", "first_nonfinite_step")
+
+
+class DoneRow:
+    """A recorded run as the driver keeps it (`DONE_COLUMNS`), read like the trials row it comes
+    from (`row["status"]`, `row.get("message")`). A slotted object takes a sixth of a dict's
+    memory: whole row dicts took ~2.5 kB per run, 2.5 GB at 1,000,000 runs.
+
+    >>> row = done_row({"trial": 3, "config_id": "ab", "seed": 0, "status": "stable", "worker": "w"})
+    >>> row["trial"], row.get("message"), row.get("worker", "-")
+    (3, None, '-')
+    """
+
+    __slots__ = DONE_COLUMNS
+
+    def __init__(self, *values):
+        for name, value in zip(DONE_COLUMNS, values):
+            setattr(self, name, value)
+
+    def __getitem__(self, key: str):
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default=None):
+        return getattr(self, key, default) if key in DONE_COLUMNS else default
+
+    def __repr__(self) -> str:
+        return f"DoneRow({', '.join(f'{k}={getattr(self, k)!r}' for k in DONE_COLUMNS)})"
+
+
+_STATUS_NAMES = {s: s for s in STATUSES}
+
+
+def done_row(row: dict) -> DoneRow:
+    """The part of a trials row the driver keeps, its status shared."""
+    values = [row.get(k) for k in DONE_COLUMNS]
+    values[3] = _STATUS_NAMES.get(values[3], values[3])
+    return DoneRow(*values)
+
+
+def done_rows(study_dir: Path) -> dict[tuple[str, int], DoneRow]:
+    """Every run already recorded: (config_id, seed) -> its `DoneRow`."""
     if not (study_dir / "trials").is_dir():
         return {}
-    return {(r["config_id"], r["seed"]): r for r in _read(study_dir / "trials", TRIAL_COLUMNS).to_pylist()}
-
+    table = _read(study_dir / "trials", TRIAL_COLUMNS, DONE_COLUMNS)
+    columns = [table.column(c).to_pylist() for c in DONE_COLUMNS]
+    del table
+    for i in (DONE_COLUMNS.index("config_id"), DONE_COLUMNS.index("status")):
+        shared: dict[str, str] = {}  # one string per configuration and per status, not per run
+        columns[i] = [shared.setdefault(v, v) for v in columns[i]]
+    return {(r.config_id, r.seed): r for r in (DoneRow(*values) for values in zip(*columns))}

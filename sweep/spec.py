@@ -60,8 +60,10 @@ CATEGORICAL_AXES = {
 SETTING_AXES = tuple(a for a in AXES if a != "learning_rate")
 
 # A plan larger than this is refused unless the user raises the guard (`--max-runs`):
-# a typo in a grid should not start a month of training or fill the driver's memory.
-MAX_RUNS = 200_000
+# a typo in a grid should not start a month of training or fill the driver's memory. The
+# driver's peak memory is ~1.7 kB per planned run (1.72 GiB at 1,008,000 runs,
+# scripts/bench_driver.py), so this default holds in ~3.5 GiB.
+MAX_RUNS = 2_000_000
 # Seeds go to numpy's and Keras's generators, which take 32-bit seeds.
 MAX_SEED = 2**32 - 1
 # A study file is a few lines; anything larger is not one (and is not read into memory).

@@ -34,7 +34,7 @@ import fcntl
 import json
 import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -42,16 +42,16 @@ from typing import Callable, Iterator
 from . import conditions, effects, faults, maps, reports
 from .engines import Engine
 from .optuna_study import OptunaRecord
-from .pool import DEFAULT_BATCH_RUNS, Pool, batch_size
+from .pool import Pool, Waiting, batch_limit, batch_size
 from .samplers import DEFAULT_TPE_TRIALS, get_sampler
 from .spec import Run, Study
-from .workers import engine_name
+from .workers import as_engine, engine_name
 
 STUDY_META = "study.json"
 LOCK_FILE = ".driver.lock"
 # Rows wait in memory until this many or this old, then one part file: fewer, larger
 # files for readers, and what a killed driver can lose is bounded (it is trained again).
-COMMIT_ROWS = 256
+COMMIT_ROWS = 4096
 COMMIT_SECONDS = 5.0
 
 
@@ -211,12 +211,13 @@ def _session(study, out, engine, max_trials, address, storage, cpus_per_worker, 
         stack.enter_context(pool)
         summary.workers = pool.slots
         summary.phases["start"] = time.perf_counter() - started
+        waiting = Waiting(getattr(as_engine(eng), "program_key", None))
         _loop(study, out, done, sampler, pool, record, summary, max_trials,
-              batch_runs or DEFAULT_BATCH_RUNS.get(engine_name(eng), 8), on_batch, started)
+              lambda: batch_limit(engine_name(eng), pool.capacity(), batch_runs), waiting, on_batch, started)
     # The maps and the answers are views of trials/: rebuilt whole at the end of every session,
     # resumed or not; the answers from the maps' frames, not from the files.
     t0 = time.perf_counter()
-    trials = maps.recorded(out)
+    trials = maps.recorded(out, maps.MAP_INPUT)
     map_df, boundary_df = maps.write(out, trials)
     effects.write(out, map_df, boundary_df)
     conditions.write(out, trials)
@@ -226,8 +227,8 @@ def _session(study, out, engine, max_trials, address, storage, cpus_per_worker, 
     return summary
 
 
-def _loop(study, out, done, sampler, pool, record, summary, max_trials, batch_runs, on_batch, started) -> None:
-    pending: deque[Run] = deque()
+def _loop(study, out, done, sampler, pool, record, summary, max_trials, limit, pending, on_batch,
+          started) -> None:
     scheduled: set[tuple[str, int]] = set()         # proposed and not yet returned
     taken = {int(r["trial"]) for r in done.values()}
     buffer = _RowBuffer()
@@ -246,8 +247,7 @@ def _loop(study, out, done, sampler, pool, record, summary, max_trials, batch_ru
                 faults.point("propose")
         submitted = False
         while pending and pool.idle():
-            n = batch_size(len(pending), pool.idle(), batch_runs)
-            pool.submit([pending.popleft() for _ in range(min(n, len(pending)))])
+            pool.submit(pending.take(batch_size(len(pending), pool.idle(), limit())))
             submitted = True
         summary.in_flight = len(scheduled)
         if not scheduled:
@@ -264,7 +264,7 @@ def _loop(study, out, done, sampler, pool, record, summary, max_trials, batch_ru
         for row, curves in finished:
             key = (row["config_id"], int(row["seed"]))
             scheduled.discard(key)
-            done[key] = row
+            done[key] = reports.done_row(row)
             rows.append(row)
             buffer.add(row, curves)
         faults.point("collected")

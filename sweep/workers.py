@@ -52,6 +52,12 @@ def as_engine(engine: str | Engine) -> Engine:
     raise ValueError(f"unknown engine {engine!r}")
 
 
+def engine_capacity(study: Study, engine: Engine) -> int:
+    """Runs the engine trains at once on this worker (its `capacity`), 0 when it does not say."""
+    capacity = getattr(engine, "capacity", None)
+    return int(capacity(study)) if capacity else 0
+
+
 def engine_name(engine: str | Engine) -> str:
     return engine if isinstance(engine, str) else engine.name
 
@@ -101,7 +107,8 @@ class Worker:
                      "node_id": ctx.get_node_id(), "gpu_ids": gpu_ids,
                      "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                      "tf_gpus": [g.name for g in gpus], "versions": self.versions,
-                     "batched": getattr(self.engine, "batched", True)}
+                     "batched": getattr(self.engine, "batched", True),
+                     "capacity": engine_capacity(study, self.engine)}
 
     def describe(self) -> dict:
         return self.info

@@ -194,7 +194,7 @@ def readable_problems(study_dir: Path) -> list[str]:
 
 
 def optuna_keys(study_dir: Path, name: str) -> tuple[Counter, list[str], dict]:
-    """(config_id, seed) of every finished Optuna trial, the states of unfinished ones, and
+    """(config_id, seed) of every seed of every finished Optuna trial, the states of unfinished ones, and
     the study's attributes."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -207,8 +207,8 @@ def optuna_keys(study_dir: Path, name: str) -> tuple[Counter, list[str], dict]:
     for t in ostudy.get_trials(deepcopy=False):
         if not t.state.is_finished():
             unfinished.append(t.state.name)
-        else:
-            keys[(t.user_attrs["config_id"], int(t.user_attrs["seed"]))] += 1
+        else:  # one trial per configuration, its seeds as attributes
+            keys.update((t.user_attrs["config_id"], int(seed)) for seed in t.user_attrs["seeds"])
     return keys, unfinished, ostudy.user_attrs
 
 

@@ -57,3 +57,50 @@ def ship_to_workers() -> None:
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+GPU_FREE_BYTES = 64 << 30
+
+
+def instant_populations(study, runs, **program):
+    """`train_population` without training: every run stable (see `outcome`)."""
+    return [outcome(0.01, study.epochs) for _ in runs]
+
+
+def act_as_gpu_worker(patch, sizes_file: str | None = None) -> None:
+    """Make the population engine in this process see a GPU with `GPU_FREE_BYTES` free (one
+    population at a time) and train populations instantly; `patch(module, name, value)` sets
+    a module attribute (pytest's monkeypatch.setattr, or setattr in a Ray actor). With
+    `sizes_file`, the engine's log of the populations it trained goes there."""
+    import logging
+
+    from sweep.engines.population import engine as population, sizing
+
+    patch(sizing, "gpu_free_memory", lambda: GPU_FREE_BYTES)
+    patch(population, "concurrent_populations", lambda: 1)
+    patch(population, "train_population", instant_populations)
+    population.log.setLevel(logging.INFO)
+    if sizes_file and not population.log.handlers:
+        population.log.addHandler(logging.FileHandler(sizes_file))
+
+
+def population_sizes(lines) -> list[int]:
+    """The real runs of each population in the engine's log lines ("population of N runs ...")."""
+    return sorted(int(line.split()[2]) for line in lines if line.startswith("population of "))
+
+
+def gpu_sized_engine(sizes_file: str):
+    """A population engine that, in the Ray actor running it, acts as a GPU worker
+    (`act_as_gpu_worker`) and logs its population sizes to `sizes_file`."""
+    from sweep.engines.population import PopulationEngine
+
+    class GpuSizedEngine(PopulationEngine):
+        def capacity(self, study):
+            act_as_gpu_worker(setattr, sizes_file)
+            return super().capacity(study)
+
+        def train(self, study, runs):
+            act_as_gpu_worker(setattr, sizes_file)
+            return super().train(study, runs)
+
+    return GpuSizedEngine()

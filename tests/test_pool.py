@@ -1,5 +1,6 @@
 """The Ray worker pool: one actor per GPU, faults end as rows, a killed actor loses nothing."""
 
+import logging
 import os
 import secrets
 import shutil
@@ -16,7 +17,7 @@ from sweep.raypool import RayPool
 from sweep.spec import parse
 from sweep.workers import Placement, WorkerStartError, execute, place
 
-from scripted_engine import ScriptedEngine, ship_to_workers
+from scripted_engine import ScriptedEngine, act_as_gpu_worker, gpu_sized_engine, population_sizes, ship_to_workers
 
 
 def make_study(name, lrs=(0.001, 0.01, 0.1, 1.0), seeds=(0, 1), clip=("none", 1.0), timeout=None):
@@ -28,6 +29,11 @@ def make_study(name, lrs=(0.001, 0.01, 0.1, 1.0), seeds=(0, 1), clip=("none", 1.
 
 def keys(trials):
     return sorted(zip(trials.config_id, trials.seed))
+
+
+GPU_STUDY = ('[study]\nname = "{name}"\nexample = "exploding_gradients"\nepochs = 2\nseeds = ' + str(list(range(10)))
+             + '\nengine = "population"\n[grid]\nbatch_size = [32, 128]\nclipnorm = ["none", 0.1, 1.0, 10.0]\n'
+             + f"learning_rate = {[round(0.001 * (i + 1), 3) for i in range(30)]}\n")
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +106,24 @@ def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypat
             time.sleep(0.5)
 
 
+def test_a_ray_worker_on_a_logical_gpu_reports_its_capacity_and_gets_it(tmp_path):
+    """The same on Ray: an actor on a logical GPU (the memory query stubbed in the actor's
+    process) reports K = 8192 and is sent batches that make each group one population."""
+    from sweep.cluster import ray_cluster
+    from sweep.engines.population import GPU_MAX_K
+
+    ship_to_workers()
+    s = parse(GPU_STUDY.format(name="raygpu"), "raygpu.toml")
+    sizes_file = tmp_path / "populations.log"
+    with ray_cluster(None, num_cpus=2, num_gpus=1):
+        pool = RayPool(s, gpu_sized_engine(str(sizes_file)))
+        summary = driver.run(s, tmp_path, pool=pool)
+        with RayPool(s, gpu_sized_engine(str(tmp_path / "unused.log"))) as fresh:
+            assert fresh.capacity() == GPU_MAX_K
+    assert summary.workers == 1 and summary.ran == 2400
+    assert population_sizes(sizes_file.read_text().splitlines()) == [1200, 1200]
+
+
 def test_an_actor_killed_mid_batch_loses_no_run(local_ray, tmp_path):
     s = make_study("killed", lrs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3))
     pool = RayPool(s, ScriptedEngine(seconds=0.3))
@@ -166,3 +190,25 @@ def test_workers_are_placed_one_per_gpu_else_one_per_cpu_slot():
 def test_a_batch_shares_the_waiting_runs_among_idle_workers_up_to_the_limit():
     assert [batch_size(n, idle=4, limit=8) for n in (0, 1, 4, 5, 32, 33, 100)] == [1, 1, 1, 2, 8, 8, 8]
     assert batch_size(7, idle=0, limit=8) == 7
+
+
+
+def test_a_gpu_sized_worker_trains_each_program_group_as_one_population(tmp_path, monkeypatch):
+    """K = 8192 on this worker: the driver's batches fill it, grouped by program key, so each of
+    the two 1,200-run groups (batch sizes 32 and 128) is one population, not pieces of 512."""
+    from sweep.engines.population import GPU_MAX_K, PopulationEngine, engine as population
+
+    s = parse(GPU_STUDY.format(name="gpu"), "gpu.toml")
+    sizes_file = tmp_path / "populations.log"
+    act_as_gpu_worker(monkeypatch.setattr)
+    handler = logging.FileHandler(sizes_file)
+    population.log.addHandler(handler)
+    try:
+        assert PopulationEngine().capacity(s) == GPU_MAX_K
+        summary = driver.run(s, tmp_path, pool=LocalPool(s, "population"))
+    finally:
+        population.log.removeHandler(handler)
+        handler.close()
+    assert summary.ran == 2400
+    assert population_sizes(sizes_file.read_text().splitlines()) == [1200, 1200]
+

@@ -1,11 +1,13 @@
 """Resume: a driver killed with SIGKILL, run again with the same command, gives one row per
 planned run; Optuna's copy is brought level with the Parquet record."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -85,7 +87,7 @@ def test_driver_killed_midway_resumes_with_exactly_one_row_per_run(tmp_path, req
     assert sorted(zip(t.config_id, t.seed)) == sorted(r.key for r in plan)    # none lost, none twice
     assert sorted(t.trial) == list(range(len(plan)))
     ostudy = OptunaRecord(results / "resume", load(study_file)).ostudy
-    assert sorted(tr.user_attrs["trial"] for tr in ostudy.get_trials()) == list(range(len(plan)))
+    assert sorted(i for tr in ostudy.get_trials() for i in tr.user_attrs["trials"]) == list(range(len(plan)))
 
 
 def test_optuna_copy_is_reconciled_with_parquet(tmp_path):
@@ -105,8 +107,8 @@ def test_optuna_copy_is_reconciled_with_parquet(tmp_path):
     assert summary.reconciled["added"] > 0 and summary.reconciled["failed"] == 1
     t = sweep.load_trials(tmp_path / "resume")
     ostudy = OptunaRecord(tmp_path / "resume", s).ostudy
-    finished = [tr for tr in ostudy.get_trials() if tr.state.is_finished() and "trial" in tr.user_attrs]
-    assert sorted(tr.user_attrs["trial"] for tr in finished) == sorted(t.trial)
+    finished = [tr for tr in ostudy.get_trials() if tr.state.is_finished() and "trials" in tr.user_attrs]
+    assert sorted(i for tr in finished for i in tr.user_attrs["trials"]) == sorted(t.trial)
     assert not [tr for tr in ostudy.get_trials() if not tr.state.is_finished()]
 
 
@@ -116,3 +118,49 @@ def test_a_second_driver_on_the_same_study_is_refused(tmp_path):
     with driver.driver_lock(out):
         with pytest.raises(driver.StudyBusy, match="another `sweep run` is running this study"):
             driver.run(s, tmp_path, pool=LocalPool(s, ScriptedEngine()))
+
+
+BENCH = ROOT / "scripts" / "bench_driver.py"
+# A kill mid-commit (curves part written, its trials part not), mid-way through the Optuna
+# journal append (a torn line), and between two commits.
+KILLS = ("write.curves", "journal.append", "committed")
+
+
+def bench_driver():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_driver", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_a_large_null_engine_study_killed_three_times_resumes_with_nothing_lost_or_twice(tmp_path, request):
+    """The driver benchmark's study (an engine that trains nothing; 1,000,000 runs, 20,000 with
+    --quick) killed with SIGKILL at three fault points, each session going further, then the
+    same command once more: every planned run is one Parquet row, and in one Optuna trial."""
+    runs = 20_000 if request.config.getoption("--quick") else 1_000_000
+    results = tmp_path / "results"
+    command = [sys.executable, str(BENCH), "--runs", str(runs), "--results", str(results), "--session"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    nth = max(1, runs // 100_000)   # each session commits a few parts of a batch each, then dies
+    recorded = [0]
+    for point in KILLS:
+        killed = subprocess.run(command, cwd=ROOT, env={**env, "SWEEP_FAULT": f"{point}:{nth}"},
+                                capture_output=True, text=True, timeout=7200)
+        assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+        recorded.append(len(sweep.load_trials(results / "bench-driver")))
+    assert recorded == sorted(recorded) and 0 < recorded[-1] < runs, recorded   # each kill landed midway
+    last = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=7200)
+    assert last.returncode == 0, last.stdout + last.stderr
+
+    plan = bench_driver().grid_study(runs).plan()
+    t = sweep.load_trials(results / "bench-driver")
+    assert len(t) == len(plan) and sorted(t.trial) == list(range(len(plan)))          # none lost, none twice
+    assert set(zip(t.config_id, t.seed)) == {r.key for r in plan}
+    copied = Counter()
+    with open(results / "bench-driver" / JOURNAL) as fh:      # read as lines: 1,000,000 trials
+        for line in fh:
+            copied.update(json.loads(line).get("user_attrs", {}).get("trials", []))
+    assert sorted(copied) == list(range(len(plan))) and set(copied.values()) == {1}

@@ -42,6 +42,9 @@ class ShuffledPool:
     def idle(self):
         return self.slots - len(self.held)
 
+    def capacity(self):
+        return 0
+
     def submit(self, runs):
         self.submitted.update(r.key for r in runs)
         self.held.append(list(runs))
@@ -90,9 +93,9 @@ def test_grid_is_exactly_once_on_ray_workers(tmp_path):
         driver.run(s, tmp_path, pool=RayPool(s, ScriptedEngine(seconds=0.02, jitter=0.1)), batch_runs=1)
     t = sweep.load_trials(tmp_path / "rayonce")
     assert sorted(zip(t.config_id, t.seed)) == sorted(r.key for r in s.plan())
-    # Optuna's copy: one finished trial per row, the same plan indices.
+    # Optuna's copy: one finished trial per configuration, holding the same plan indices.
     record = OptunaRecord(tmp_path / "rayonce", s)
-    numbers = sorted(tr.user_attrs["trial"] for tr in record.ostudy.get_trials())
+    numbers = sorted(i for tr in record.ostudy.get_trials() for i in tr.user_attrs["trials"])
     assert numbers == sorted(t.trial)
 
 

@@ -89,7 +89,7 @@ BAD = {
     "timeout negative": (study(timeout="-5"), "study.timeout", "> 0"),
     "missing study": ("[grid]\nlearning_rate=[0.1]\n", "study", "missing"),
     "batch larger than the data": (study() + "[grid]\nbatch_size=[32, 5000]\n", "grid.batch_size", "from 1 to 1000"),
-    "enormous grid": (study(seeds="[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]") + "[grid]\nlearning_rate=[" +
+    "enormous grid": (study(seeds=str(list(range(60)))) + "[grid]\nlearning_rate=[" +
                       ", ".join(f"{0.001 * (i + 1):.3f}" for i in range(200)) + "]\nclipnorm=[" +
                       ", ".join(f"{0.01 * (i + 1):.2f}" for i in range(200)) + "]\n", "grid", "--max-runs"),
     "name not a string": (study(name="3"), "study.name", "plain file name"),

@@ -65,7 +65,7 @@ class TPESampler:
         asked = len({t.user_attrs["config_id"] for t in trials if "config_id" in t.user_attrs})
         if todo or asked >= min(study.n_trials or DEFAULT_TPE_TRIALS, len(index)):
             return todo
-        dists = distributions(study, with_seed=False)
+        dists = distributions(study)
         fixed = {a: study.grid[a][0] for a in AXES if a not in dists}
         for _ in range(100):
             trial = self.ostudy.ask(dists)

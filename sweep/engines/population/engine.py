@@ -12,6 +12,7 @@ half and retried, so the worker never crashes on it::
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -28,6 +29,8 @@ from .train import train_population
 # training-set size): below it, computing every activation of the group in each layer costs
 # less than compiling a program per activation, with room left for activations dearer than tanh.
 MERGE_RUN_SAMPLES = 1e7
+
+log = logging.getLogger(__name__)
 
 
 def group_key(config: Config) -> tuple:
@@ -92,6 +95,29 @@ class PopulationEngine:
     def __init__(self, jit: bool = True, max_k: int | None = None):
         self.jit, self.max_k = jit, max_k
 
+    @staticmethod
+    def program_key(run: Run) -> tuple:
+        """What the driver groups a batch by: runs of one key share a program (`group_key`)."""
+        return group_key(run.config)
+
+    def capacity(self, study: Study) -> int:
+        """Runs this worker trains at once in this study: K per population (from its memory or
+        GPU memory, for the study's group whose runs need the most) times populations at a time.
+        0 when the engine trains none of the study's runs itself (a user builder)."""
+        if study.example not in EXAMPLES:
+            return 0
+        n = len(example_data(study.example, study.data_seed, "none")[0])
+        firsts = {group_key(c): c for c in study.configs()}
+        ks = []
+        for c in firsts.values():
+            try:
+                self.check(study, Run(0, c, study.seeds[0]))
+            except Unsupported:
+                continue
+            arch, _ = initial_model(study, c, study.seeds[0])
+            ks.append(population_size(arch, c.batch_size, n, c.optimizer, self.max_k))
+        return min(ks, default=0) * concurrent_populations()
+
     def train(self, study: Study, runs: Sequence[Run]) -> list[Outcome | BaseException]:
         results: list[Outcome | BaseException | None] = [None] * len(runs)
         by_key: dict[tuple, list[int]] = {}
@@ -110,6 +136,10 @@ class PopulationEngine:
 
         started = time.perf_counter()
         work = schedule(study, runs, list(by_key.values()), self.max_k)
+        for part, padded, _ in work:
+            c = padded[0].config
+            log.info("population of %d runs (%d with padding): batch size %d, %s, %s",
+                     len(part), len(padded), c.batch_size, c.loss, c.optimizer)
         with ThreadPoolExecutor(max_workers=concurrent_populations()) as pool:
             done = pool.map(lambda w: self._train_fitting(study, w[1], w[2]), work)
             for (part, _, _), outcomes in zip(work, done):
