@@ -193,9 +193,13 @@ def answer_space(ex: Example, trials: pd.DataFrame, space: str = "") -> dict:
         row.update(failure_where=f"{claimed} where {rule.text()}", failure_where_precision=rule.precision,
                    failure_where_coverage=rule.coverage)
         # The region on the other axes: a term on the fix's own axis would keep its fixed partners out.
+        own = [t for t in rule.terms if t[0] == axis]
         region = dataclasses.replace(rule, terms=tuple(t for t in rule.terms if t[0] != axis))
-        cells = pd.Series(region.mask(map_df), index=map_df.index)
-        there = f"in the failure's region ({region.text()})"
+        cells = pd.Series(region.mask(map_df), index=map_df.index) if region.terms else None
+        there = (f"in the failure's region ({region.text()})" if region.terms
+                 else f"over the whole space (the failure's conditions name no axis but {axis})")
+        if own and _fmt(reference) not in own[0][2]:
+            there = f"the claimed failure occurs with the fix, not without it ({rule.text()}); {there}"
     else:
         row.update(failure_where="nowhere in this space", failure_where_precision=math.nan,
                    failure_where_coverage=math.nan)
@@ -258,7 +262,9 @@ def load_claims(results: str | os.PathLike) -> pd.DataFrame:
     missing = [n for n in CLAIM_COLUMNS.names if n not in pf.schema_arrow.names]
     if missing:
         raise reports.ResultsError(f"{path}: no column {', '.join(missing)}; `sweep reproduce` writes them")
-    df = pf.read(columns=CLAIM_COLUMNS.names).cast(CLAIM_COLUMNS).to_pandas()
+    # Counts stay integers where the direct evaluation leaves them null.
+    df = pf.read(columns=CLAIM_COLUMNS.names).cast(CLAIM_COLUMNS).to_pandas(
+        types_mapper={pa.int64(): pd.Int64Dtype()}.get)
     df["example"] = df["example"].astype("category")
     return df
 

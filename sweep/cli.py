@@ -249,7 +249,7 @@ def repro(study_dir: str, trial: int) -> None:
 def reproduce(quick: bool, results_dir: str, engine: str | None) -> None:
     """Run every document claim; write claims.parquet and REPORT.md; print the claims table."""
     from .claims import reproduce as run_claims
-    from .report import where_text
+    from .report import given, where_text
 
     command = "sweep reproduce" + (" --quick" if quick else "") + f" --results {results_dir}" + (
         f" --engine {engine}" if engine else "")
@@ -261,7 +261,7 @@ def reproduce(quick: bool, results_dir: str, engine: str | None) -> None:
         table.add_column(c, overflow="fold")
     for _, c in claims.iterrows():
         table.add_row(str(c["example"]), c["failure_config"], c["measured_failure"], c["fix_config"],
-                      c["measured_fix"], "yes" if c["reproduced"] else "no", where_text(c), c["fix_note"] or "")
+                      c["measured_fix"], "yes" if c["reproduced"] else "no", where_text(c), given(c["fix_note"]))
     console.print(table)
     click.echo(f"wrote {Path(results_dir) / 'claims.parquet'} and {Path(results_dir) / 'REPORT.md'}")
 

@@ -27,8 +27,13 @@ from .spec import format_value as _fmt
 REPORT_FILE = "REPORT.md"
 
 
+def given(value) -> str:
+    """A text column's value, "" where the claim has none (a null)."""
+    return "" if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def _md(text) -> str:
-    return "" if text is None else str(text).replace("|", "\\|").replace("\n", " ")
+    return given(text).replace("|", "\\|").replace("\n", " ")
 
 
 def share(x: float) -> str:
@@ -37,7 +42,7 @@ def share(x: float) -> str:
 
 def where_text(c) -> str:
     """(c) in one line: the rule with its precision and coverage, or where it was looked for."""
-    if not c["space_study"]:
+    if not given(c["space_study"]):
         return ""
     runs = f"{c['failure_runs']} of {c['space_runs']} runs"
     if c["failure_runs"] == 0:
@@ -74,7 +79,7 @@ def write_report(out: Path, claims: pd.DataFrame, *, quick: bool, command: str) 
     lines += ["| example | claimed failure | (b) at the failure config | (b) at the fix config | reproduced "
               "| (c) where the claimed failure occurs | (d) the fix there |", "|---|---|---|---|---|---|---|"]
     for _, c in claims.iterrows():
-        engine = f"{c['measured_engine']}: " if c["measured_engine"] else ""
+        engine = f"{c['measured_engine']}: " if given(c["measured_engine"]) else ""
         lines.append(f"| {c['example']} | {_md(c['claimed_failure'])} | {_md(c['failure_config'])}: {engine}"
                      f"{_md(c['measured_failure'])} | {_md(c['fix_config'])}: {engine}{_md(c['measured_fix'])} | "
                      f"{'yes' if c['reproduced'] else '**no**'} | {_md(where_text(c))} | {_md(c['fix_note'])} |")
@@ -97,7 +102,7 @@ def write_report(out: Path, claims: pd.DataFrame, *, quick: bool, command: str) 
 
 def _claim_section(out: Path, c) -> list[str]:
     ex = EXAMPLES[str(c["example"])]
-    direct = not c["study"]
+    direct = not given(c["study"])
     lines = [f"## {c['example']}: {ex.document}, {ex.section}" + (" (direct evaluation)" if direct else ""), "",
              f"**(a) The document says:** {c['claim']}", ""]
     if direct:
@@ -105,25 +110,25 @@ def _claim_section(out: Path, c) -> list[str]:
                         f"- fix: {c['fix_config']} → measured: {c['measured_fix']}",
                         f"- **reproduced: {'yes' if c['reproduced'] else 'no'}**: {c['note']}", ""]
     engine, beside = c["measured_engine"], ""
-    if c["sweep_study"]:
+    if given(c["sweep_study"]):
         beside = f"; {c['sweep_engine']} in the learning-rate sweep (`{c['sweep_study']}`): "
     lines += [f"Model and data: {ex.description}", "",
               f"**(b) At the document's configuration** (`{c['study']}`, {engine} engine, the reference):", "",
               f"- failure configuration {c['failure_config']}: {engine}: {c['measured_failure']}"
-              f"{beside}{c['sweep_failure'] or ''}",
-              f"- fix configuration {c['fix_config']}: {engine}: {c['measured_fix']}{beside}{c['sweep_fix'] or ''}",
+              f"{beside}{given(c['sweep_failure'])}",
+              f"- fix configuration {c['fix_config']}: {engine}: {c['measured_fix']}{beside}{given(c['sweep_fix'])}",
               f"- **reproduced: {'yes' if c['reproduced'] else 'no'}**: {c['note']}", ""]
-    if c["sweep_study"] and (out / c["sweep_study"] / "trials").is_dir():
+    if given(c["sweep_study"]) and (out / c["sweep_study"] / "trials").is_dir():
         lines += [f"Edges of the learning-rate sweep (`{c['sweep_study']}`):", ""]
         lines += boundary_md(maps.build(reports.load_trials(out / c["sweep_study"]))[1]) + [""]
-    if c["space_study"]:
+    if given(c["space_study"]):
         lines += [f"**(c) Where the claimed failure ({c['claimed_failure']}) occurs** in the wider space "
                   f"(`{c['space_study']}`, population engine): {where_text(c)}.", "",
                   f"The space: {c['space']}.", "",
                   f"**(d) What the document's fix ({c['fix_axis']}={c['fix_value']} against "
                   f"{c['fix_reference']}) does there:** {c['fix_note']}.", ""]
     lines += ["**(e) Plots:**", ""]
-    for study in (c["study"], c["sweep_study"], c["space_study"]):
+    for study in map(given, (c["study"], c["sweep_study"], c["space_study"])):
         if study:
             lines += _plot_links(out, study, f"{c['example']}, {study}")
     return lines
