@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -90,6 +91,8 @@ CLAIM_COLUMNS = pa.schema([
     ("fix_edge_shift_censored", pa.string()),  # "" exact, ">=" / "<=" a bound, else edge_shift is null
     ("fix_edge_shift_low", pa.float64()),  # bootstrap 95 % interval over pairs
     ("fix_edge_shift_high", pa.float64()),
+    ("failure_runs_without_fix", pa.int64()),  # runs with a claimed status in the region, axis = reference
+    ("failure_runs_with_fix", pa.int64()),  # ... axis = the fix's value
     ("fix_note", pa.string()),
 ])
 
@@ -188,6 +191,7 @@ def answer_space(ex: Example, trials: pd.DataFrame, space: str = "") -> dict:
     row = {"space": space, "failure_runs": int(target.sum()), "space_runs": len(trained),
            "fix_axis": axis, "fix_value": _fmt(value), "fix_reference": _fmt(reference)}
     claimed = " or ".join(ex.claimed_failure)
+    region = None
     if target.any():
         rule = find_rule(trained, target)
         row.update(failure_where=f"{claimed} where {rule.text()}", failure_where_precision=rule.precision,
@@ -195,7 +199,6 @@ def answer_space(ex: Example, trials: pd.DataFrame, space: str = "") -> dict:
         # The region on the other axes: a term on the fix's own axis would keep its fixed partners out.
         own = [t for t in rule.terms if t[0] == axis]
         region = dataclasses.replace(rule, terms=tuple(t for t in rule.terms if t[0] != axis))
-        cells = pd.Series(region.mask(map_df), index=map_df.index) if region.terms else None
         there = (f"in the failure's region ({region.text()})" if region.terms
                  else f"over the whole space (the failure's conditions name no axis but {axis})")
         if own and _fmt(reference) not in own[0][2]:
@@ -203,13 +206,25 @@ def answer_space(ex: Example, trials: pd.DataFrame, space: str = "") -> dict:
     else:
         row.update(failure_where="nowhere in this space", failure_where_precision=math.nan,
                    failure_where_coverage=math.nan)
-        cells, there = None, f"over the whole space (no run ends {claimed})"
+        there = f"over the whole space (no run ends {claimed})"
+    cells = pd.Series(region.mask(map_df), index=map_df.index) if region and region.terms else None
     effect = axis_effect(map_df, boundary_df, axis, value, reference, cells=cells)
+    # The claimed status itself, with and without the fix, in the same region: a fix can remove
+    # it without making the cell stable (a nan that becomes a divergence).
+    inside = region.mask(trained) if region else np.ones(len(trained), dtype=bool)
+    side = trained[axis].astype(object).map(_fmt).to_numpy()
+    counts = {v: (int((target & inside & (side == _fmt(v))).sum()), int((inside & (side == _fmt(v))).sum()))
+              for v in (reference, value)}
+    fixed = trained.loc[inside & (side == _fmt(value)), "status"].astype(str).value_counts()
+    ends = ", ".join(f"{s} {fixed[s]}" for s in STATUSES if fixed.get(s))
     row.update(fix_failing_cells=effect["n_failing_cells"], fix_rescued_cells=effect["n_rescued"],
                fix_rescue_rate=effect["rescue_rate"], fix_pairs=effect["n_pairs"],
                fix_edge_shift=effect["edge_shift"], fix_edge_shift_censored=effect["edge_shift_censored"],
                fix_edge_shift_low=effect["edge_shift_low"], fix_edge_shift_high=effect["edge_shift_high"],
-               fix_note=f"{there}: {describe_effect(effect)}")
+               failure_runs_without_fix=counts[reference][0], failure_runs_with_fix=counts[value][0],
+               fix_note=f"{there}: {describe_effect(effect)}; runs ending {claimed} there: "
+                        f"{counts[reference][0]} of {counts[reference][1]} without the fix, {counts[value][0]} "
+                        f"of {counts[value][1]} with it (which end {ends or 'nowhere'})")
     return row
 
 

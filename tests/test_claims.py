@@ -101,6 +101,8 @@ def test_where_the_claimed_failure_occurs_and_what_the_fix_does_there():
     assert row["fix_pairs"] == 1 and row["fix_edge_shift_censored"] == ">="
     assert row["fix_edge_shift"] == pytest.approx(10 / 3)
     assert row["fix_note"].startswith("in the failure's region (learning_rate >= 3 and optimizer in {sgd})")
+    assert (row["failure_runs_without_fix"], row["failure_runs_with_fix"]) == (6, 0)
+    assert row["fix_note"].endswith("runs ending nan there: 6 of 6 without the fix, 0 of 6 with it (which end stable 6)")
     assert report.where_text({**row, "space_study": "s"}).endswith("(precision 100 %, coverage 100 %; 6 of 60 runs)")
 
 
@@ -111,6 +113,7 @@ def test_a_failure_that_only_the_fix_brings_is_named_so():
     assert row["fix_note"].startswith("the claimed failure occurs with the fix, not without it")
     # Nothing fails without the fix there, so there is nothing to rescue; the edge moves down.
     assert row["fix_failing_cells"] == 0 and row["fix_edge_shift_censored"] == "<="
+    assert (row["failure_runs_without_fix"], row["failure_runs_with_fix"]) == (0, 6)
 
 
 def test_a_failure_that_happens_nowhere_says_so_and_the_fix_is_measured_over_the_whole_space():
@@ -120,6 +123,7 @@ def test_a_failure_that_happens_nowhere_says_so_and_the_fix_is_measured_over_the
     assert math.isnan(row["failure_where_precision"])
     assert row["fix_failing_cells"] == 2 and row["fix_rescue_rate"] == 1.0 and row["fix_pairs"] == 2
     assert row["fix_note"].startswith("over the whole space (no run ends nan)")
+    assert row["fix_note"].endswith("0 of 30 without the fix, 0 of 30 with it (which end stable 30)")
     assert report.where_text({**row, "space_study": "s"}) == "nowhere in this space (0 of 60 runs): the planted space"
 
 
