@@ -284,9 +284,10 @@ def load_claims(results: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def _train(out: Path, toml: str, on_study: Callable[[Study], None] | None) -> tuple[Study, pd.DataFrame]:
+def _train(out: Path, toml: str, quick: bool, on_study: Callable[[Study], None] | None) -> tuple[Study, pd.DataFrame]:
     """Run (or resume) one claim study under `out` and write its plots; the study and its trials."""
     from . import study as driver
+    from .engines.population import PopulationEngine
     from .plots import write_plots
     from .pool import LocalPool
 
@@ -300,7 +301,12 @@ def _train(out: Path, toml: str, on_study: Callable[[Study], None] | None) -> tu
         on_study(s)
     # Trained in this process, without starting Ray for each: the population engine
     # already spreads a batch over the CPU's threads.
-    driver.run(s, out, pool=LocalPool(s, driver.engine_for(s, None)))
+    engine = driver.engine_for(s, None)
+    if quick and engine == "population":
+        # The quick form's populations are a few runs of two epochs: compiling each program
+        # with XLA costs more than the training it would speed up.
+        engine = PopulationEngine(jit=False)
+    driver.run(s, out, pool=LocalPool(s, engine))
     write_plots(study_dir)
     return s, reports.load_trials(study_dir)
 
@@ -316,7 +322,7 @@ def reproduce(results: str | os.PathLike = "results", quick: bool = False, engin
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for example_id, ex in EXAMPLES.items():
-        done = {kind: _train(out, study_toml(ex, kind, quick, engine), on_study) for kind in KINDS}
+        done = {kind: _train(out, study_toml(ex, kind, quick, engine), quick, on_study) for kind in KINDS}
         (sweep, sweep_trials), (keras, keras_trials), (space, space_trials) = (done[k] for k in KINDS)
         row = judge_claim(ex, keras_trials, sweep_trials, maps.build(sweep_trials)[1])
         row.update(study=keras.name, sweep_study=sweep.name, space_study=space.name)

@@ -1,5 +1,6 @@
 """`sweep reproduce`: claim studies, the claim rule, the direct evaluation, claims.parquet, REPORT.md."""
 
+import doctest
 import math
 
 import pandas as pd
@@ -37,6 +38,11 @@ def test_claim_studies_hold_the_document_configurations_and_the_wider_space(exam
             assert len(space.seeds) == 3
             written = claim_studies.space_text(space)
             assert f"{axis} " in written and "rmsprop" in written and f"({len(space.plan())} runs)" in written
+
+
+def test_docstring_examples_run():
+    for module in (claim_studies, claims, report):
+        assert doctest.testmod(module).failed == 0, module.__name__
 
 
 def _trials(example, fail_statuses, fix_statuses):
