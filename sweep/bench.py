@@ -19,7 +19,7 @@ this order, in this process unless said otherwise:
    measured back to back shares it. `speedup` is the median of the pairs'
    ratios, and every pair is reported.
 5. `keras_pool`: the same sample on the keras engine through the worker pool
-   (`sweep.pool.RayPool` on a private local Ray, one actor per CPU); one run
+   (`sweep.raypool.RayPool` on a private local Ray, one actor per CPU); one run
    per actor first, untimed, so that actor start-up is not charged.
 
 Every measurement is a row of `results/bench.parquet` (written atomically,
@@ -198,7 +198,7 @@ def plain_fit(study: Study, runs: list[Run], warm_up: bool = True) -> Measuremen
 def keras_pool(study: Study, runs: list[Run]) -> Measurement:
     """The keras engine on RayPool actors: one untimed run per actor, then the sample."""
     from .cluster import ray_cluster
-    from .pool import RayPool
+    from .raypool import RayPool
 
     def drain(pool: RayPool, todo: list[Run]) -> None:
         queue, got = deque(todo), 0
@@ -214,7 +214,7 @@ def keras_pool(study: Study, runs: list[Run]) -> Measurement:
         seconds = time.perf_counter() - t0
         slots = pool.slots
     return Measurement("keras_pool", len(runs), seconds,
-                       detail=f"sweep.pool.RayPool, {slots} actors x 1 CPU, keras engine, runs one per batch")
+                       detail=f"sweep.raypool.RayPool, {slots} actors x 1 CPU, keras engine, runs one per batch")
 
 
 def run_bench(quick: bool = False, results: str | Path = "results",

@@ -18,10 +18,11 @@ status's runs it matches)::
     ...     print(describe(row))
     nan where learning_rate >= 1 and optimizer in {sgd}: precision 100 %, covers 100 % of 8 nan runs
 
-The search is a beam search of our own, not a library's: rule learners on PyPI
-(e.g. `imodels`, `wittgenstein`) learn rule *lists* or classifiers with their own
-random state and term languages, while the answer wanted here is one conjunction in
-the grid's terms, found the same way every time. The trials are first counted per
+The search is a beam search of our own, not a library's: the rule learners on PyPI
+(`wittgenstein`'s RIPPER, `imodels`' rule sets) learn a classifier made of several
+rules, grow and prune them on random splits of the data and write terms their own way,
+while the answer wanted here is one conjunction in the grid's terms, found the same
+way every time. The trials are first counted per
 cell (one cell per distinct combination of axis values), so the work does not grow
 with the seeds; every candidate term is a 0/1 row over cells, and one matrix product
 scores every one-term extension of a rule at once.
@@ -141,7 +142,9 @@ def _term_text(term: tuple) -> str:
 
 def _labels(column: pd.Series) -> pd.Series:
     """An axis column as the text rules compare: `spec.format_value` of each value."""
-    return column.astype(object).map(format_value)
+    codes, uniques = pd.factorize(column.astype(object), use_na_sentinel=False)
+    text = np.array([format_value(v) for v in uniques] or [""], dtype=object)
+    return pd.Series(text[codes], index=column.index)
 
 
 def _value_order(column: pd.Series) -> list[str]:
@@ -164,7 +167,7 @@ class _Space:
     hits: np.ndarray  # runs with the target per cell
     terms: list  # candidate terms, in tie-break order
     axis_of: np.ndarray  # index into RULE_AXES of each term
-    rows: np.ndarray  # terms x cells, 0.0 / 1.0
+    rows: np.ndarray  # terms x cells, 0 / 1
 
 
 def _space(trials: pd.DataFrame, target: np.ndarray) -> _Space:
@@ -183,8 +186,8 @@ def _space(trials: pd.DataFrame, target: np.ndarray) -> _Space:
     # np.unique sorts the cells, so the row order of the trials does not matter.
     cells, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
-    runs = np.bincount(inverse, minlength=len(cells)).astype(float)
-    hits = np.bincount(inverse, weights=target.astype(float), minlength=len(cells))
+    runs = np.bincount(inverse, minlength=len(cells))
+    hits = np.bincount(inverse[target], minlength=len(cells))
 
     terms, axis_of, rows = [], [], []
     for k, axis in enumerate(axes):
@@ -203,7 +206,9 @@ def _space(trials: pd.DataFrame, target: np.ndarray) -> _Space:
                 terms.append((axis, "in", tuple(values[k][i] for i in subset)))
                 rows.append(np.isin(code, subset))
                 axis_of.append(RULE_AXES.index(axis))
-    matrix = np.array(rows, dtype=float).reshape(len(rows), len(cells))
+    # Integer products are exact and run in numpy's own loops: a BLAS thread pool on a busy
+    # machine made the float form ten times slower.
+    matrix = np.array(rows, dtype=np.int64).reshape(len(rows), len(cells))
     return _Space(runs, hits, terms, np.array(axis_of, dtype=int), matrix)
 
 
@@ -212,7 +217,8 @@ def _subsets(code: np.ndarray, runs: np.ndarray, hits: np.ndarray, n_values: int
     everything = tuple(range(n_values))
     if n_values <= MAX_EXHAUSTIVE:
         return [s for r in range(1, n_values) for s in itertools.combinations(everything, r)]
-    share = np.bincount(code, weights=hits, minlength=n_values) / np.bincount(code, weights=runs, minlength=n_values)
+    share = (np.bincount(code, weights=hits, minlength=n_values)
+             / np.bincount(code, weights=runs, minlength=n_values))
     by_share = np.argsort(-share, kind="stable")
     found = [(v,) for v in everything] + [tuple(i for i in everything if i != v) for v in everything]
     found += [tuple(sorted(by_share[:r].tolist())) for r in range(2, n_values - 1)]
@@ -271,10 +277,10 @@ def _search(space: _Space, n_target: int, max_terms: int) -> tuple[tuple[int, ..
 
 def conditions(trials: pd.DataFrame, max_terms: int = MAX_TERMS) -> pd.DataFrame:
     """One row per failure status present in `trials` (in `verdict.STATUSES` order): its rule."""
-    return _typed(_table(_rows(trials, max_terms)))
+    return _typed(_table(_condition_rows(trials, max_terms)))
 
 
-def _rows(trials: pd.DataFrame, max_terms: int) -> list[dict]:
+def _condition_rows(trials: pd.DataFrame, max_terms: int) -> list[dict]:
     trials = trials.reset_index(drop=True)
     rows: list[dict] = []
     if trials.empty:
@@ -362,7 +368,7 @@ def _typed(table: pa.Table) -> pd.DataFrame:
 
 def write(study_dir: str | os.PathLike, trials: pd.DataFrame) -> pd.DataFrame:
     """`conditions.parquet` of a study directory, rebuilt from its trials (atomically); returns it."""
-    table = _table(_rows(trials, MAX_TERMS))
+    table = _table(_condition_rows(trials, MAX_TERMS))
     write_atomic(table, Path(study_dir) / CONDITIONS_FILE)
     return _typed(table)
 

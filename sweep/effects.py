@@ -12,7 +12,10 @@ swept) over *pairs* of settings that differ in that axis only:
   smallest trained learning rate. A pair's shift is therefore an interval
   [low, high], exact when both edges are known, open (0 or inf) otherwise;
   its direction is up / down when the interval excludes 1, same when both
-  edges are known and equal, unknown otherwise;
+  edges are known and equal, unknown otherwise. A setting that stalls at every
+  learning rate (too slow, not too fast) also has nothing stable, so the pairs
+  whose value side has nothing stable are counted with their most common
+  `edge_status` (`n_never_stable`, `never_stable_status`);
 * the stable range of a setting is log10(lr_stable_max / lr_stable_min), the
   decades of learning rate that train stably up to the edge, within the grid
   tried (undefined when nothing is stable); a pair's range change is the
@@ -54,7 +57,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .maps import _frame, _table, _typed_map, is_stable
+from .maps import _frame, _table, _typed_map, is_stable, modal_status
 from .reports import ResultsError, open_checked, write_atomic
 from .spec import CATEGORICAL_AXES, CLIP_AXES, SETTING_AXES, example_defaults, format_value
 
@@ -87,6 +90,8 @@ EFFECT_COLUMNS = pa.schema([
     ("range_decades", pa.float64()),  # median log10(lr_stable_max / lr_stable_min) with the value
     ("range_decades_reference", pa.float64()),  # ... with the reference
     ("range_change", pa.float64()),  # median over pairs of the difference, in decades
+    ("n_never_stable", pa.int64()),  # pairs whose setting with the value has no stable learning rate
+    ("never_stable_status", pa.string()),  # their most common edge_status (e.g. stalled: too slow, not too fast)
     ("n_failing_cells", pa.int64()),
     ("n_rescued", pa.int64()),
     ("rescue_rate", pa.float64()),  # n_rescued / n_failing_cells
@@ -155,6 +160,8 @@ def _prepare(map_df: pd.DataFrame, boundary_df: pd.DataFrame, cells: pd.Series |
     s["edge_low"] = np.where(exact, umin, np.where(to_end, smax, 0.0))
     s["edge_high"] = np.where(exact, umin, np.where(to_end, np.inf, np.nan_to_num(first_lr, nan=np.inf)))
     s["range_decades"] = np.log10(smax / smin)
+    s["never_stable"] = np.isnan(smin)
+    s["edge_status"] = boundary_df["edge_status"].astype(object).to_numpy()
     return c, s
 
 
@@ -233,6 +240,8 @@ def _summary(pairs: pd.DataFrame) -> dict:
     for col, src in (("range_decades", "range_decades_value"), ("range_decades_reference", "range_decades_reference"),
                      ("range_change", "range_change")):
         out[col] = float(ranged[src].median()) if len(ranged) else math.nan
+    never = pairs.loc[pairs["never_stable_value"], "edge_status_value"].dropna()
+    out.update(n_never_stable=int(pairs["never_stable_value"].sum()), never_stable_status=modal_status(never))
     failing, rescued = int(pairs["n_failing_cells"].sum()), int(pairs["n_rescued"].sum())
     out.update(n_failing_cells=failing, n_rescued=rescued, rescue_rate=rescued / failing if failing else math.nan)
     return out
@@ -339,6 +348,9 @@ def describe(row) -> str:
     line = (f"{head}: edge {shift} [{_g(row['edge_shift_low'])}, {_g(row['edge_shift_high'])}] over {n} "
             f"pair{'s' if n != 1 else ''}{censored} (up {pct(row['share_up'])}, down {pct(row['share_down'])}, "
             f"same {pct(row['share_same'])})")
+    if row["n_never_stable"]:
+        status = f" ({row['never_stable_status']})" if isinstance(row["never_stable_status"], str) else ""
+        line += f"; nothing stable with the value in {int(row['n_never_stable'])} pairs{status}"
     if row["n_range_pairs"]:
         line += f"; stable range {row['range_change']:+.2f} decades"
     failing = int(row["n_failing_cells"])

@@ -43,9 +43,10 @@ from typing import Callable, Iterator
 from . import faults, maps, reports
 from .engines import Engine
 from .optuna_study import OptunaRecord
-from .pool import DEFAULT_BATCH_RUNS, engine_name
+from .pool import DEFAULT_BATCH_RUNS, Pool
 from .samplers import DEFAULT_TPE_TRIALS, get_sampler
 from .spec import Run, Study
+from .workers import engine_name
 
 STUDY_META = "study.json"
 LOCK_FILE = ".driver.lock"
@@ -165,7 +166,7 @@ def _source_text(study: Study) -> str:
 def run(study: Study, results: str | os.PathLike = "results", *, engine: "str | Engine | None" = None,
         max_trials: int | None = None, address: str | None = None, storage: str | None = None,
         cpus_per_worker: float = 1, batch_runs: int | None = None,
-        on_batch: Callable[[Summary, list[dict]], None] | None = None, pool=None) -> Summary:
+        on_batch: Callable[[Summary, list[dict]], None] | None = None, pool: Pool | None = None) -> Summary:
     """Run (or resume) a study; returns what this session did.
 
     Without `pool`, trains on Ray: the cluster at `address` (or $RAY_ADDRESS), else a
@@ -204,7 +205,7 @@ def _session(study, out, engine, max_trials, address, storage, cpus_per_worker, 
         eng = engine_for(study, engine)
         if pool is None:
             from .cluster import ray_cluster
-            from .pool import RayPool
+            from .raypool import RayPool
 
             stack.enter_context(ray_cluster(address))
             pool = RayPool(study, eng, cpus_per_worker=cpus_per_worker)

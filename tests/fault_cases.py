@@ -322,14 +322,14 @@ def actor_killed(results: Path) -> Result:
     from scripted_engine import ScriptedEngine
 
     from sweep import study as driver
-    from sweep.pool import RayPool
+    from sweep.raypool import RayPool
 
     s = scripted_study("killed")
     pool = RayPool(s, ScriptedEngine(seconds=0.3))
     killed = []
 
     def kill_a_busy_actor(summary, rows):
-        busy = [slot for slot in pool.slots_ if slot.gen is not None and slot.info]
+        busy = [slot for slot in pool.actors.slots if slot.gen is not None and slot.info]
         if not killed and busy:
             os.kill(busy[0].info["pid"], signal.SIGKILL)
             killed.append(busy[0].info["name"])
@@ -347,7 +347,7 @@ def run_raises(results: Path) -> Result:
     from scripted_engine import ScriptedEngine
 
     from sweep import study as driver
-    from sweep.pool import RayPool
+    from sweep.raypool import RayPool
 
     s = scripted_study("raises", lrs=(0.001, 0.01, 0.1))
     driver.run(s, results, pool=RayPool(s, ScriptedEngine(seconds=0.05, raise_at={0.01})))
@@ -364,7 +364,7 @@ def run_hangs(results: Path) -> Result:
     from scripted_engine import ScriptedEngine
 
     from sweep import study as driver
-    from sweep.pool import RayPool
+    from sweep.raypool import RayPool
 
     s = scripted_study("hangs", lrs=(0.001, 0.1, 0.3), seeds=(0,), timeout=3)
     driver.run(s, results, pool=RayPool(s, ScriptedEngine(seconds=0.05, hang_at={0.1})), batch_runs=3)
@@ -387,7 +387,7 @@ def node_removed(results: Path) -> Result:
 
     from sweep import study as driver
     from sweep.cluster import _reread_ray_settings
-    from sweep.pool import RayPool
+    from sweep.raypool import RayPool
 
     env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -411,7 +411,7 @@ def node_removed(results: Path) -> Result:
         pool = RayPool(s, ScriptedEngine(seconds=0.3))
 
         def remove_a_busy_node(summary, rows):
-            busy = [slot for slot in pool.slots_ if slot.gen is not None and slot.info.get("node_id") == worker_node.node_id]
+            busy = [slot for slot in pool.actors.slots if slot.gen is not None and slot.info.get("node_id") == worker_node.node_id]
             if not removed and busy:
                 cluster.remove_node(worker_node)
                 removed.append(worker_node.node_id)

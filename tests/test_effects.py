@@ -135,6 +135,8 @@ def test_censored_edges_are_bounds_never_numbers():
     assert (down["edge_shift_censored"], down["share_down"]) == ("<=", 1.0)
     assert down["edge_shift"] == pytest.approx(1 / 27) and down["edge_shift_low"] == 0.0
     assert "edge x<=0.037 [0, " in effects.describe(down)
+    assert (down["n_never_stable"], down["never_stable_status"], up["n_never_stable"]) == (3, "nan", 0)
+    assert "nothing stable with the value in 3 pairs (nan)" in effects.describe(down)
     assert down["n_range_pairs"] == 0 and math.isnan(down["range_change"])  # nothing stable: no range
 
 

@@ -11,8 +11,10 @@ import pytest
 
 import sweep
 from sweep import study as driver
-from sweep.pool import LocalPool, RayPool, execute
+from sweep.pool import LocalPool, batch_size
+from sweep.raypool import RayPool
 from sweep.spec import parse
+from sweep.workers import Placement, WorkerStartError, execute, place
 
 from scripted_engine import ScriptedEngine, ship_to_workers
 
@@ -70,7 +72,7 @@ def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypat
         s = make_study("gpus", lrs=(0.001, 0.01), clip=("none",))
         pool = RayPool(s, ScriptedEngine(seconds=0.05))
         summary = driver.run(s, tmp_path, pool=pool)
-        infos = [ray.get(slot.actor.describe.remote()) for slot in pool.slots_] if pool.slots_ else []
+        infos = [ray.get(slot.actor.describe.remote()) for slot in pool.actors.slots] if pool.actors.slots else []
         assert summary.workers == 4
         # The pool closed its actors; the rows say who trained what.
         t = sweep.load_trials(tmp_path / "gpus")
@@ -79,7 +81,7 @@ def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypat
         assert infos == []
         # Fresh actors, to look at what each one was given.
         with RayPool(s, ScriptedEngine()) as pool:
-            infos = [ray.get(slot.starting) for slot in pool.slots_]
+            infos = [ray.get(slot.starting) for slot in pool.actors.slots]
         by_node = {}
         for info in infos:
             by_node.setdefault(info["node_id"], []).append(info["cuda_visible_devices"])
@@ -106,10 +108,10 @@ def test_an_actor_killed_mid_batch_loses_no_run(local_ray, tmp_path):
     def kill_a_busy_actor(summary, rows):
         if killed:
             return
-        busy = [slot for slot in pool.slots_ if slot.gen is not None and slot.info]
+        busy = [slot for slot in pool.actors.slots if slot.gen is not None and slot.info]
         if busy:
             os.kill(busy[0].info["pid"], signal.SIGKILL)
-            killed.extend(slot.info.get("name") for slot in pool.slots_)
+            killed.extend(slot.info.get("name") for slot in pool.actors.slots)
 
     driver.run(s, tmp_path, pool=pool, on_batch=kill_a_busy_actor)
     t = sweep.load_trials(tmp_path / "killed")
@@ -151,3 +153,16 @@ def test_local_pool_trains_in_process(tmp_path):
     s = make_study("local", lrs=(0.01, 1.0), seeds=(0,), clip=("none",))
     summary = driver.run(s, tmp_path, pool=LocalPool(s, ScriptedEngine()))
     assert summary.counts == {"stable": 1, "nan": 1}
+
+
+def test_workers_are_placed_one_per_gpu_else_one_per_cpu_slot():
+    assert place([{"CPU": 4.0, "GPU": 2.0}, {"CPU": 4.0, "GPU": 1.0}], cpus_per_worker=2) == \
+        Placement(3, {"num_gpus": 1, "num_cpus": 1}, None)
+    assert place([{"CPU": 8.0}, {"CPU": 3.0}], cpus_per_worker=2) == Placement(5, {"num_cpus": 2, "num_gpus": 0}, 2)
+    with pytest.raises(WorkerStartError, match=r"--cpus-per-worker 16: .*\[8.0\]"):
+        place([{"CPU": 8.0}], cpus_per_worker=16)
+
+
+def test_a_batch_shares_the_waiting_runs_among_idle_workers_up_to_the_limit():
+    assert [batch_size(n, idle=4, limit=8) for n in (0, 1, 4, 5, 32, 33, 100)] == [1, 1, 1, 2, 8, 8, 8]
+    assert batch_size(7, idle=0, limit=8) == 7

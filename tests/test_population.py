@@ -67,19 +67,22 @@ import numpy as np
 import pytest
 
 import sweep.engines.keras_engine as keras_engine
-import sweep.engines.population as population
+import sweep.engines.population.engine as population_engine
+import sweep.engines.population.sizing as sizing
+import sweep.engines.population.train as population_train
 from sweep.catalog import EXAMPLES
 from sweep.engines import Outcome, example_data, problem
 from sweep.engines.keras_engine import KerasEngine
-from sweep.engines.plateau import Plateau
-from sweep.engines.population import PopulationEngine, initial_model, populations, population_size
+from sweep.engines.population import (PopulationEngine, initial_model, population_size, populations,
+                                      shared_activations, train_population)
+from sweep.engines.population.plateau import Plateau
 from sweep.spec import config_from_dict, parse
 from sweep.verdict import judge
 
 # Per example: the axes that make its grid, in a small (quick) and a wider (full) form.
 GRIDS = {
     "exploding_gradients": (
-        # relu and tanh: their runs share one program (population.shared_activations)
+        # relu and tanh: their runs share one program (population_engine.shared_activations)
         {"learning_rate": [0.001, 0.1, 3.0], "clipnorm": ["none", 1.0], "activation": ["relu", "tanh"]},
         {"learning_rate": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0], "clipnorm": ["none", 0.1, 1.0],
          "batch_size": [16, 128], "activation": ["relu", "tanh"]}),
@@ -207,14 +210,14 @@ POPULATION_PERTURBATIONS = {"population +1ulp": np.inf, "population -1ulp": -np.
 
 def population_perturbed(study_, runs, toward: float) -> list[Outcome | BaseException]:
     """The population engine on these runs, every nonzero initial weight moved one ulp toward `toward`."""
-    real = population.initial_model
+    real = population_train.initial_model  # where train_population reads the initial weights
 
     def nudged(s, config, seed):
         arch, theta = real(s, config, seed)
         return arch, moved(theta, toward)
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(population, "initial_model", nudged)
+        m.setattr(population_train, "initial_model", nudged)
         return PopulationEngine().train(study_, runs)
 
 
@@ -418,13 +421,13 @@ def test_activations_sharing_a_program_train_as_they_would_apart():
               'learning_rate=[0.001, 0.01]\nactivation=["relu", "tanh"]', "a.toml")
     runs = s.plan()
     n = len(example_data(s.example, s.data_seed, "none")[0])
-    assert population.shared_activations([r.config.activation for r in runs], len(runs) * s.epochs * n) == \
+    assert shared_activations([r.config.activation for r in runs], len(runs) * s.epochs * n) == \
         [("relu", "tanh")]
-    together = population.train_population(s, runs, activations=("relu", "tanh"))
+    together = train_population(s, runs, activations=("relu", "tanh"))
     apart = {}
     for activation in ("relu", "tanh"):
         mine = [r for r in runs if r.config.activation == activation]
-        for run, alone in zip(mine, population.train_population(s, mine, activations=(activation,))):
+        for run, alone in zip(mine, train_population(s, mine, activations=(activation,))):
             shared = together[runs.index(run)]
             np.testing.assert_allclose(shared.epoch_loss, alone.epoch_loss, rtol=1e-5)
             np.testing.assert_allclose(shared.grad_norms, alone.grad_norms, rtol=1e-4)
@@ -463,9 +466,7 @@ def test_plateau_follows_keras_reduce_lr_on_plateau():
 def test_a_population_that_runs_out_of_memory_is_split(monkeypatch):
     import tensorflow as tf
 
-    import sweep.engines.population as population
-
-    real = population.train_population
+    real = population_engine.train_population
     sizes = []
 
     def tight(study_, runs, **kwargs):
@@ -474,7 +475,7 @@ def test_a_population_that_runs_out_of_memory_is_split(monkeypatch):
             raise tf.errors.ResourceExhaustedError(None, None, "out of memory (simulated)")
         return real(study_, runs, **kwargs)
 
-    monkeypatch.setattr(population, "train_population", tight)
+    monkeypatch.setattr(population_engine, "train_population", tight)
     s = parse('[study]\nname="m"\nexample="exploding_gradients"\nepochs=1\nseeds=[0]\n[grid]\n'
               'learning_rate=[0.001, 0.003, 0.01, 0.03, 0.1]', "m.toml")
     out = PopulationEngine().train(s, s.plan())
@@ -483,14 +484,12 @@ def test_a_population_that_runs_out_of_memory_is_split(monkeypatch):
 
 
 def test_population_size_follows_memory(monkeypatch):
-    import sweep.engines.population as population
-
     s = study("exploding_gradients", True)
     arch, _ = initial_model(s, s.plan()[0].config, 0)
-    monkeypatch.setattr(population, "available_host_memory", lambda: 64 << 30)
-    assert population_size(arch, 32, 1000, "adam") == population.CPU_MAX_K
-    monkeypatch.setattr(population, "available_host_memory", lambda: 8 << 20)
-    assert 1 <= population_size(arch, 32, 1000, "adam") < population.CPU_MAX_K
+    monkeypatch.setattr(sizing, "available_host_memory", lambda: 64 << 30)
+    assert population_size(arch, 32, 1000, "adam") == sizing.CPU_MAX_K
+    monkeypatch.setattr(sizing, "available_host_memory", lambda: 8 << 20)
+    assert 1 <= population_size(arch, 32, 1000, "adam") < sizing.CPU_MAX_K
     size, parts = populations(list(range(130)), 48)
     assert size == 44 and sum(map(len, parts)) == 130 and max(map(len, parts)) == size
 

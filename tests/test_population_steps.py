@@ -3,9 +3,9 @@
 A whole run compared with Keras (tests/test_population.py) can part from Keras wherever
 training is chaotic, because rounding decides where: sgd at lr 1.0 on minmax_scaling parts at
 step 100, where a first-layer ReLU input is -2.6e-7 in Keras and +1.9e-9 in the population, and
-Keras re-run from weights one ulp apart parts from Keras too, some steps later (measured; see
-sweep/engines/population.py). Here every step starts from Keras's own weights and optimizer
-slots, so chaos cannot grow: the population's step must give Keras's next weights to rounding.
+Keras re-run from weights one ulp apart parts from Keras too, some steps later (measured).
+Here every step starts from Keras's own weights and optimizer slots, so chaos cannot grow: the
+population's step must give Keras's next weights to rounding.
 (A planted error, epsilon outside RMSprop's square root, fails this by 0.305 against the bar.)
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sweep.engines import batch_order, make_optimizer, problem
-from sweep.engines.population import SLOTS, PopulationEngine, Program, ProgramShape, initial_model, pad_last_batch
+from sweep.engines.population import SLOTS, PopulationEngine, Step, initial_model, pad_last_batch
 from sweep.spec import CLIP_AXES, parse
 
 # Keras's attribute for each of the population's slot names.
@@ -67,8 +67,7 @@ def test_every_step_from_keras_state_gives_keras_weights(example, axes, optimize
 
     arch, _ = initial_model(s, c, 0)
     kinds = frozenset(a for a in CLIP_AXES if getattr(c, a) is not None)
-    prog = Program(ProgramShape((arch,), c.loss, c.optimizer, len(p.x), kinds, True))
-    pop_step = tf.function(prog._train_step, jit_compile=True)
+    pop_step = tf.function(Step((arch,), c.loss, c.optimizer, kinds).__call__, jit_compile=True)
     per_run = {a: tf.constant([getattr(c, a) or 0.0], tf.float32) for a in CLIP_AXES}
     B, n = c.batch_size, len(p.x)
     step, worst = 0, 0.0

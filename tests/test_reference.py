@@ -11,7 +11,7 @@ import sweep
 from sweep import maps
 from sweep.catalog import EXAMPLES
 from sweep.claims import load_claims
-from sweep.pool import execute
+from sweep.workers import execute
 from sweep.spec import Run, config_from_dict, load
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

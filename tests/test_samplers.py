@@ -6,9 +6,10 @@ from collections import Counter
 import sweep
 from sweep import study as driver
 from sweep.optuna_study import OptunaRecord
-from sweep.pool import RayPool, execute
+from sweep.raypool import RayPool
 from sweep.samplers import GridSampler
 from sweep.spec import parse
+from sweep.workers import execute
 
 from scripted_engine import ScriptedEngine, ship_to_workers
 

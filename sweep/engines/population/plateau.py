@@ -1,12 +1,13 @@
 """Keras's `ReduceLROnPlateau` rules for one run, without a model: epoch loss in, learning rate out.
 
-The population engine keeps one of these per run (the keras engine uses the
-Keras callback itself). Every rule is Keras's (keras/src/callbacks/
-reduce_lr_on_plateau.py, mode min on 'loss'), including its float32 arithmetic:
-the comparison `current - min_delta < best` runs on float32 tensors and the
-learning rate lives in a float32 variable::
+The population engine keeps one of these per run, on the host, because its runs share one
+compiled program and no Keras model (the keras engine uses the Keras callback itself). Every
+rule is Keras's (keras/src/callbacks/reduce_lr_on_plateau.py, mode min on 'loss'; `min_delta`
+and `cooldown` default to Keras's defaults), including its float32 arithmetic: the comparison
+`current - min_delta < best` runs on float32 tensors and the learning rate lives in a float32
+variable::
 
-    >>> from sweep.engines.plateau import Plateau
+    >>> from sweep.engines.population.plateau import Plateau
     >>> p = Plateau(factor=0.1, patience=3, min_lr=1e-6)
     >>> lr = 0.01
     >>> for loss in [1.0, 1.0, 1.0, 1.0, 1.0]:

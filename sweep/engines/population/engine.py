@@ -1,0 +1,152 @@
+"""`PopulationEngine`: the engine protocol's `train(study, runs)`, by groups and populations.
+
+It sorts runs into groups that can share one compiled program (`group_key`, and
+`shared_activations` for the activation), sends the runs it cannot express to the keras
+engine, cuts each group into populations of K runs (`sizing`), and trains the populations on
+`concurrent_populations` threads. A population that runs out of memory is split in
+half and retried, so the worker never crashes on it::
+
+    >>> shared_activations(["tanh", "relu", "relu"], 5e6)
+    [('relu', 'tanh')]
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+from ...catalog import EXAMPLES
+from ...spec import CLIP_AXES, Config, Run, Study
+from .. import Outcome, example_data
+from .model import Unsupported, initial_model
+from .sizing import concurrent_populations, population_size, populations
+from .step import KERAS_LOSSES, SLOTS, WRITTEN_LOSSES
+from .train import train_population
+
+# Activations share a program while the group trains at most this many samples (runs x epochs x
+# training-set size): below it, computing every activation of the group in each layer costs
+# less than compiling a program per activation, with room left for activations dearer than tanh.
+MERGE_RUN_SAMPLES = 1e7
+
+
+def group_key(config: Config) -> tuple:
+    """Runs with the same key can share a program: these axes change its ops or shapes (the
+    activation changes its ops too, but a program can hold several: `shared_activations`)."""
+    return (config.batch_size, config.loss, config.optimizer)
+
+
+def shared_activations(activations: Sequence[str], run_samples: float) -> list[tuple[str, ...]]:
+    """The activations of one group, as the sets that share a program: all in one while the
+    group trains at most MERGE_RUN_SAMPLES samples, else one program each.
+
+    >>> shared_activations(["tanh", "relu"], 5e7)
+    [('relu',), ('tanh',)]
+    """
+    names = sorted(set(activations))
+    return [tuple(names)] if run_samples <= MERGE_RUN_SAMPLES else [(a,) for a in names]
+
+
+# One population's work: the indices of its real runs, its runs padded to the group's population
+# size with repeats of the last, and what chooses its program (clipping kinds, activations).
+Work = tuple[list[int], list[Run], tuple[frozenset, tuple[str, ...]]]
+
+
+def schedule(study: Study, runs: Sequence[Run], groups: list[list[int]], max_k: int | None) -> list[Work]:
+    """The groups (lists of indices into `runs`) cut into populations, in the order to train them.
+
+    Every group's first population comes first, so that populations trained side by side at
+    the start belong to different groups and each thread compiles its own program rather
+    than waiting for another's. Then the longest first: the smallest batches, whose epochs
+    take the most steps, so that no thread is left with a long population at the end while
+    the others idle."""
+    n = len(example_data(study.example, study.data_seed, "none")[0]) if groups else 0
+    work: list[list[Work]] = []
+    for same_key in groups:
+        activations = [runs[i].config.activation for i in same_key]
+        for shared in shared_activations(activations, len(same_key) * study.epochs * n):
+            members = [i for i in same_key if runs[i].config.activation in shared]
+            first = runs[members[0]]
+            arch, _ = initial_model(study, first.config, first.seed)
+            k = population_size(arch, first.config.batch_size, n, first.config.optimizer, max_k, len(shared))
+            size, parts = populations(members, k)
+            # A group's clipping kinds are fixed for all its populations: one program per group.
+            kinds = frozenset(a for a in CLIP_AXES if any(getattr(runs[i].config, a) is not None for i in members))
+            work.append([(part, [runs[i] for i in part] + [runs[part[-1]]] * (size - len(part)),
+                          (kinds, shared)) for part in parts])
+
+    def steps_first(w: Work) -> int:
+        return w[1][0].config.batch_size
+
+    return sorted((g[0] for g in work), key=steps_first) + sorted((w for g in work for w in g[1:]), key=steps_first)
+
+
+class PopulationEngine:
+    """Trains runs in populations of K, one compiled program per group (see the package docstring).
+
+    `jit=False` runs the same program without XLA; `max_k` caps K."""
+
+    name = "population"
+    batched = True
+
+    def __init__(self, jit: bool = True, max_k: int | None = None):
+        self.jit, self.max_k = jit, max_k
+
+    def train(self, study: Study, runs: Sequence[Run]) -> list[Outcome | BaseException]:
+        results: list[Outcome | BaseException | None] = [None] * len(runs)
+        by_key: dict[tuple, list[int]] = {}
+        on_keras: list[int] = []
+        for i, run in enumerate(runs):
+            try:
+                self.check(study, run)
+                by_key.setdefault(group_key(run.config), []).append(i)
+            except Unsupported:
+                on_keras.append(i)
+        if on_keras:
+            from ..keras_engine import KerasEngine
+
+            for i, outcome in zip(on_keras, KerasEngine().train(study, [runs[i] for i in on_keras])):
+                results[i] = outcome
+
+        started = time.perf_counter()
+        work = schedule(study, runs, list(by_key.values()), self.max_k)
+        with ThreadPoolExecutor(max_workers=concurrent_populations()) as pool:
+            done = pool.map(lambda w: self._train_fitting(study, w[1], w[2]), work)
+            for (part, _, _), outcomes in zip(work, done):
+                for i, outcome in zip(part, outcomes):
+                    results[i] = outcome
+        # Populations ran side by side: scale the runs' shares so that they add up to the time
+        # this call took, keeping each population's own division among its runs.
+        trained = [r for r in results if isinstance(r, Outcome) and r.engine == self.name]
+        total = sum(r.wall_seconds for r in trained)
+        if total > 0:
+            scale = (time.perf_counter() - started) / total
+            for r in trained:
+                r.wall_seconds *= scale
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def check(study: Study, run: Run) -> None:
+        """Raise Unsupported when this engine cannot train the run exactly as Keras would."""
+        c = run.config
+        if study.example not in EXAMPLES:
+            raise Unsupported(f"{study.example}: user builders run on the keras engine")
+        if c.optimizer not in SLOTS:
+            raise Unsupported(f"optimizer {c.optimizer!r}")
+        if c.loss not in KERAS_LOSSES and c.loss not in WRITTEN_LOSSES:
+            raise Unsupported(f"loss {c.loss!r}")
+        initial_model(study, c, run.seed)  # raises Unsupported for layers it cannot express
+
+    def _train_fitting(self, study: Study, runs: list[Run], program_of: tuple) -> list[Outcome | BaseException]:
+        """Train one population; if it runs out of memory, train its halves instead."""
+        import tensorflow as tf
+
+        kinds, shared = program_of
+        try:
+            return train_population(study, runs, jit=self.jit, clip_kinds=kinds, activations=shared)
+        except tf.errors.ResourceExhaustedError as exc:
+            if len(runs) == 1:
+                return [exc]
+            half = len(runs) // 2
+            return (self._train_fitting(study, runs[:half], program_of)
+                    + self._train_fitting(study, runs[half:], program_of))

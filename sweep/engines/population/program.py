@@ -1,0 +1,156 @@
+"""The compiled program of one group of runs: the initial evaluation and one whole epoch.
+
+A program serves the runs that share an example, batch size, loss and optimizer kind (those
+change its ops or shapes); `ProgramShape` names everything else its trace depends on. One
+trace serves every population size K and batch size, and XLA compiles it once per (K, batch
+size); `program` keeps compiled programs for the life of the worker, `forget` drops them.
+An epoch is one `tf.while_loop` over `step.Step`, with the keras engine's per-epoch
+bookkeeping (`tally`) done inside the compiled loop, so the host sees one call per epoch::
+
+    >>> from sweep.spec import parse
+    >>> from sweep.engines.population import ProgramShape, initial_model, program
+    >>> study = parse('[study]\\nname="d"\\nexample="exploding_gradients"', "d.toml")
+    >>> arch, _ = initial_model(study, study.plan()[0].config, seed=0)
+    >>> shape = ProgramShape((arch,), "binary_crossentropy", "adam", 1000, frozenset(), jit=True)
+    >>> program(shape) is program(shape)
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+from .model import Architecture, built_model
+from .step import SLOTS, Step, forward
+
+# XLA's CPU tree-reduction rewrite turns each per-run reduction (gradient norm, finiteness test)
+# into a reduce-window with a materialised intermediate, several times slower than the plain
+# reduction; only the summation order of reductions changes. XLA reads its flags at its first
+# compilation, so they are set on import, before the engine compiles anything.
+_NO_TREE = "--xla_disable_hlo_passes=tree_reduction_rewriter"
+# LLVM's optimisation level 1 for XLA's CPU code instead of 3 compiles faster and runs this
+# program's steps faster; only code generation changes (where a multiply and an add contract
+# into one FMA), so values move by rounding only.
+_LLVM_O1 = "--xla_backend_optimization_level=1"
+for _flag in (_NO_TREE, _LLVM_O1):
+    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
+
+
+@dataclass(frozen=True)
+class ProgramShape:
+    """Everything a traced program depends on but K and the batch size; equal shapes share one
+    trace, which XLA compiles once per (K, batch size)."""
+
+    archs: tuple[Architecture, ...]  # one per activation the program serves; a run's `choice` picks it
+    loss: str
+    optimizer: str
+    n: int  # training-set size
+    clip_kinds: frozenset
+    jit: bool
+
+
+def tally(stats: dict, alive, finite, acted, loss, acc, norm, size, iteration) -> dict:
+    """The keras engine's bookkeeping of one step: a run still alive adds the step's loss and
+    accuracy (weighted by the batch's real samples) and its gradient norm to its epoch's; the
+    step that turned non-finite still counts, and records `dead_at`."""
+    import tensorflow as tf
+
+    f64 = tf.float64
+    w = tf.cast(size, f64)
+    return dict(
+        loss_sum=tf.where(alive, stats["loss_sum"] + tf.cast(loss, f64) * w, stats["loss_sum"]),
+        acc_sum=tf.where(alive, stats["acc_sum"] + tf.cast(acc, f64) * w, stats["acc_sum"]),
+        seen=tf.where(alive, stats["seen"] + w, stats["seen"]),
+        norm_max=tf.where(alive, tf.where(tf.math.is_finite(norm), tf.maximum(stats["norm_max"], norm), norm),
+                          stats["norm_max"]),
+        clipped=stats["clipped"] + tf.cast(alive & finite & acted, tf.int32),
+        dead_at=tf.where(alive & ~finite, iteration, stats["dead_at"]),
+    )
+
+
+class Program:
+    """The compiled functions of one group: `initial` (l0 and the initial accuracy) and `epoch`.
+
+    Every step of an epoch has one shape: the partial last batch (1000 samples in batches of 32
+    leave 8) is padded to the batch size with repeats of its own samples, which the loss and
+    accuracy leave out, so padding adds no value the batch does not already hold and an epoch
+    is one loop over one step body (one body to trace and compile, not two)."""
+
+    def __init__(self, shape: ProgramShape):
+        import tensorflow as tf
+
+        self.shape = shape
+        self.step = Step(shape.archs, shape.loss, shape.optimizer, shape.clip_kinds)
+        # Input signatures with None for K and the batch size: one trace serves them all, and l0's
+        # rounding does not depend on which slice of runs happened to be evaluated first.
+        arch = shape.archs[0]
+        theta = [tf.TensorSpec([None, *v], tf.float32) for v in arch.variable_shapes]
+        per_run = tf.TensorSpec([None], tf.float32)
+        x = tf.TensorSpec([None, arch.shapes[0][0]], tf.float32)
+        y = tf.TensorSpec([None, arch.shapes[-1][1]], tf.float32)
+        choice = tf.TensorSpec([None], tf.int32)
+        self.initial = tf.function(self._initial, autograph=False, input_signature=[
+            theta, tf.TensorSpec([None, None, arch.shapes[0][0]], tf.float32),
+            tf.TensorSpec([None, None, arch.shapes[-1][1]], tf.float32), choice])
+        self.epoch = tf.function(self._epoch, jit_compile=shape.jit, autograph=False, input_signature=[
+            theta, {name: theta for name in SLOTS[shape.optimizer]}, tf.TensorSpec([None], tf.bool),
+            tf.TensorSpec([], tf.int32), tf.TensorSpec([None, None, None], tf.int32), x, y, choice,
+            per_run, per_run, per_run, per_run])
+
+    def _initial(self, theta: list, x, y, choice):
+        """l0 and the initial accuracy of every run on its whole training set x [K, n, features];
+        `theta`: the stacked variables; `choice` [K]: each run's activation (`forward`)."""
+        import tensorflow as tf
+
+        pred = forward(self.shape.archs, theta, x, choice)
+        n = tf.cast(tf.shape(x)[1], tf.float32)
+        return (tf.reduce_sum(self.step.loss(y, pred), axis=1) / n,
+                tf.reduce_sum(self.step.accuracy(y, pred), axis=1) / n)
+
+    def _epoch(self, theta, slots, alive, first_step, order, x, y, choice, lr, clipnorm, global_clipnorm, clipvalue):
+        """Train every run through one epoch. `order` [K, steps, B] holds each run's row indices
+        into x, y in its batch order, the last batch padded; `first_step` is the global index of
+        the epoch's first step. Returns the new state and the epoch's per-run telemetry."""
+        import tensorflow as tf
+
+        # Known when XLA compiles, not when the function is traced (one trace, every batch size).
+        n_steps, B = tf.shape(order)[1], tf.shape(order)[2]
+        n = self.shape.n
+        k = tf.shape(alive)[0]
+        f64 = tf.float64
+        stats = dict(loss_sum=tf.zeros([k], f64), acc_sum=tf.zeros([k], f64), seen=tf.zeros([k], f64),
+                     norm_max=tf.zeros([k], tf.float32), clipped=tf.zeros([k], tf.int32),
+                     dead_at=tf.fill([k], tf.constant(-1, tf.int32)))
+        norms = tf.TensorArray(tf.float32, size=n_steps)
+
+        def one_step(s, theta, slots, alive, stats, norms):
+            idx = tf.gather(order, s, axis=1)
+            valid = s * B + tf.range(B) < n
+            size = tf.minimum(B, n - s * B)
+            iteration = first_step + s
+            theta, slots, loss, acc, norm, acted, finite = self.step(
+                theta, slots, iteration, tf.gather(x, idx), tf.gather(y, idx), valid, tf.cast(size, tf.float32),
+                choice, lr, clipnorm, global_clipnorm, clipvalue)
+            stats = tally(stats, alive, finite, acted, loss, acc, norm, size, iteration)
+            return s + 1, theta, slots, alive & finite, stats, norms.write(s, norm)
+
+        # An explicit while loop: the function is traced without AutoGraph, which traces faster.
+        _, theta, slots, alive, stats, norms = tf.while_loop(
+            lambda s, *_: s < n_steps, one_step, (tf.constant(0), theta, slots, alive, stats, norms))
+        return theta, slots, alive, stats, norms.stack()
+
+
+@functools.lru_cache(maxsize=64)
+def program(shape: ProgramShape) -> Program:
+    """Compiled programs live as long as the worker: later batches of the same group reuse them."""
+    return Program(shape)
+
+
+def forget() -> None:
+    """Drop the compiled programs and the Keras builds, so that the next call starts cold (as
+    `sweep bench` times it)."""
+    program.cache_clear()
+    built_model.cache_clear()

@@ -1,0 +1,220 @@
+"""The arithmetic of one training step of K runs at once, on stacked [K, ...] tensors.
+
+Each of a population's weights, gradients and optimizer slots is one tensor per Keras variable
+with the runs on its first axis ([K, fan-in, units] kernels, [K, units] biases); learning rates
+and clipping thresholds are [K] vectors. Every op is batched over that axis (batched matmuls on
+[K, B, D] activations, per-run reductions), so runs never mix: the gradient of run k's loss
+reaches run k's weights only. No op combines runs, and values are selected with `tf.where`,
+never masked by multiplication, so a run's NaN cannot leak into another run (no NaN * 0).
+
+The arithmetic is Keras's, op for op: the Keras layers' own activation functions on
+`matmul + bias` (`forward`), Keras's per-sample loss functions reduced as
+`sum_over_batch_size` does (`per_sample_loss`, `masked_mean`), `BaseOptimizer`'s clipping
+(`clip`: `clipnorm` per variable, `global_clipnorm`, `clipvalue`) and the optimizers'
+`update_step` with Keras's default hyper-parameters (`update`: Adam's epsilon-hat form, SGD,
+RMSprop). `Step` puts them together, with the finiteness test that stops a run::
+
+    >>> import tensorflow as tf
+    >>> theta = tf.constant([[1.0, -2.0], [1.0, -2.0]])  # one variable of two runs
+    >>> g = tf.constant([[3.0, 4.0], [3.0, 4.0]])       # its gradient: norm 5 in each run
+    >>> squares = tf.reduce_sum(tf.square(g), axis=1)[:, None]
+    >>> off, on = tf.constant([0.0, 0.0]), tf.constant([0.0, 1.0])  # run 1 clips to norm 1
+    >>> [g], acted = clip([g], squares, tf.sqrt(squares[:, 0]), on, off, off, frozenset({"clipnorm"}))
+    >>> g.numpy().tolist(), acted.numpy().tolist()
+    ([[3.0, 4.0], [0.6000000238418579, 0.800000011920929]], [False, True])
+    >>> theta, slots = update("sgd", theta, g, {}, tf.constant([0.5, 0.5]), iteration=0)
+    >>> theta.numpy().tolist()
+    [[-0.5, -4.0], [0.699999988079071, -2.4000000953674316]]
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from ...catalog import make_loss
+from .model import Architecture, Unsupported
+
+# Keras's defaults for the optimizers the sweep builds (keras.optimizers.Adam(), SGD(), RMSprop()).
+ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+RMSPROP = {"rho": 0.9, "epsilon": 1e-7}
+SLOTS = {"adam": ("m", "v"), "sgd": (), "rmsprop": ("velocity",)}
+
+# Keras's per-sample loss functions for the losses it compiles by name.
+KERAS_LOSSES = {"binary_crossentropy": "binary_crossentropy",
+                "categorical_crossentropy": "categorical_crossentropy", "mse": "mean_squared_error"}
+WRITTEN_LOSSES = ("handwritten", "handwritten_clipped")
+
+
+def per_run(value, rank: int):
+    """A [K] per-run value shaped to broadcast over a [K, ...] variable of that rank."""
+    import tensorflow as tf
+
+    return tf.reshape(value, [-1] + [1] * (rank - 1))
+
+
+def forward(archs: Sequence[Architecture], variables, x, choice):
+    """keras Dense.call for every run: matmul, add the bias, the layer's own activation function.
+
+    `archs` differ in their activations only; run k's is `archs[choice[k]]`. Where they differ,
+    a layer computes each and selects the run's with `tf.where`: a value the run does not select
+    is never combined with its own, and the gradient reaching it is zero."""
+    import tensorflow as tf
+
+    h = x
+    for layer, (kernel, bias) in enumerate(zip(variables[0::2], variables[1::2])):
+        z = tf.matmul(h, kernel) + bias[:, None, :]
+        functions = [arch.activations[layer] for arch in archs]
+        h = functions[-1](z)
+        for i in range(len(functions) - 2, -1, -1):
+            if functions[i] is not functions[-1]:
+                h = tf.where(tf.reshape(tf.equal(choice, i), [-1, 1, 1]), functions[i](z), h)
+    return h
+
+
+def per_sample_loss(name: str) -> Callable:
+    """The loss of every sample of every run, [K, B], from targets and predictions [K, B, out].
+
+    Every loss the catalog offers is a batch mean of a per-sample value; the batch loss is
+    their mean over the batch's real samples (`masked_mean`)."""
+    import keras
+    import tensorflow as tf
+
+    if name in KERAS_LOSSES:
+        # The values keras.losses.*Crossentropy reduces with sum_over_batch_size; they read the
+        # logits that a sigmoid or softmax output carries, exactly as model.compile's loss does.
+        return getattr(keras.losses, KERAS_LOSSES[name])
+    written = make_loss(name)  # written for one run's batch; here each sample is a batch of one
+
+    def per_sample(y, pred):
+        flat = tf.vectorized_map(lambda t: written(t[0][None], t[1][None]),
+                                 (tf.reshape(y, [-1, y.shape[-1]]), tf.reshape(pred, [-1, pred.shape[-1]])))
+        return tf.reshape(flat, tf.shape(y)[:2])
+
+    return per_sample
+
+
+def per_sample_accuracy(kind: str) -> Callable:
+    """What metrics=["accuracy"] computes for every sample of every run, [K, B]."""
+    import keras
+    import tensorflow as tf
+
+    metric = keras.metrics.binary_accuracy if kind == "binary" else keras.metrics.categorical_accuracy
+
+    def accuracy(y, pred):
+        values = metric(y, pred)
+        return tf.reduce_mean(values, axis=list(range(2, len(values.shape)))) if len(values.shape) > 2 else values
+
+    return accuracy
+
+
+def masked_mean(values, valid, count):
+    """Mean over the batch axis of [K, B] values where `valid` [B]; selected with `tf.where`, never
+    multiplied by a mask, so a padded sample's non-finite value cannot leak in."""
+    import tensorflow as tf
+
+    return tf.reduce_sum(tf.where(valid[None, :], values, tf.zeros_like(values)), axis=1) / count
+
+
+def clip(grads: list, squares, global_norm, clipnorm, global_clipnorm, clipvalue, kinds: frozenset):
+    """Keras's `BaseOptimizer._clip_gradients` for every run, on the stacked gradients [K, *shape]
+    of each variable (a threshold of 0 means that kind is off for the run: Keras's own test is
+    `if self.clipnorm and self.clipnorm > 0`). `squares` [K, variables] holds each variable's sum
+    of squared gradients. Returns the gradients and whether clipping acted, by the keras engine's
+    tests: some variable's norm above `clipnorm`, the global norm above `global_clipnorm`, some
+    component beyond `clipvalue`."""
+    import tensorflow as tf
+
+    acted = tf.zeros_like(clipnorm, dtype=tf.bool)
+    if "clipnorm" in kinds:
+        on = clipnorm > 0
+        # BaseOptimizer._clip_by_norm, variable by variable, with its two-tap where at zero.
+        pred = squares > 0
+        l2norm = tf.where(pred, tf.sqrt(tf.where(pred, squares, tf.ones_like(squares))), squares)
+        c = clipnorm[:, None]
+        denominator = tf.maximum(l2norm, c)
+        grads = [tf.where(per_run(on, len(g.shape)), (g * per_run(clipnorm, len(g.shape)))
+                          / per_run(denominator[:, i], len(g.shape)), g) for i, g in enumerate(grads)]
+        acted = acted | (on & tf.reduce_any(l2norm > c, axis=1))
+    if "global_clipnorm" in kinds:
+        on = global_clipnorm > 0
+        # keras.src.optimizers.base_optimizer.clip_by_global_norm
+        scale = global_clipnorm * tf.minimum(1.0 / global_norm, 1.0 / global_clipnorm)
+        scale = scale + (global_norm - global_norm)
+        grads = [tf.where(per_run(on, len(g.shape)), g * per_run(scale, len(g.shape)), g) for g in grads]
+        acted = acted | (on & (global_norm > global_clipnorm))
+    if "clipvalue" in kinds:
+        on = clipvalue > 0
+        clipped = []
+        for g in grads:
+            v = per_run(clipvalue, len(g.shape))
+            axes = list(range(1, len(g.shape)))
+            acted = acted | (on & tf.reduce_any(tf.abs(g) > v, axis=axes))
+            clipped.append(tf.where(per_run(on, len(g.shape)), tf.clip_by_value(g, -v, v), g))
+        grads = clipped
+    return grads, acted
+
+
+def update(optimizer: str, theta, g, slots: dict, lr, iteration):
+    """One optimizer update of every run, keras/src/optimizers/{adam,sgd,rmsprop}.py `update_step`
+    on one stacked variable [K, *shape] (Keras applies the same arithmetic to each variable).
+    `lr` is [K]; `iteration` is Keras's `optimizer.iterations` before this step.
+    Returns (theta, slots)."""
+    import tensorflow as tf
+
+    lr = per_run(lr, len(theta.shape))
+    if optimizer == "adam":
+        b1, b2, eps = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
+        local_step = tf.cast(iteration + 1, theta.dtype)
+        beta_1_power = tf.pow(tf.constant(b1, theta.dtype), local_step)
+        beta_2_power = tf.pow(tf.constant(b2, theta.dtype), local_step)
+        alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        m = slots["m"] + (g - slots["m"]) * (1 - b1)
+        v = slots["v"] + (tf.square(g) - slots["v"]) * (1 - b2)
+        return theta - (m * alpha) / (tf.sqrt(v) + eps), {"m": m, "v": v}
+    if optimizer == "sgd":  # momentum 0: Keras's plain branch
+        return theta - g * lr, {}
+    if optimizer == "rmsprop":  # rho 0.9, momentum 0, not centered
+        rho, eps = RMSPROP["rho"], RMSPROP["epsilon"]
+        velocity = rho * slots["velocity"] + (1 - rho) * tf.square(g)
+        return theta - (lr * g) / tf.sqrt(velocity + eps), {"velocity": velocity}
+    raise Unsupported(f"optimizer {optimizer!r}")
+
+
+class Step:
+    """One training step of every run of a program: loss, gradient, clipping, update, and the
+    finiteness test. `archs` are the program's architectures (one per activation it serves),
+    `clip_kinds` the clipping kinds any of its runs uses (the others cost no ops)."""
+
+    def __init__(self, archs: Sequence[Architecture], loss: str, optimizer: str, clip_kinds: frozenset):
+        self.archs, self.optimizer, self.clip_kinds = tuple(archs), optimizer, clip_kinds
+        self.loss = per_sample_loss(loss)
+        self.accuracy = per_sample_accuracy(self.archs[0].accuracy)
+
+    def __call__(self, theta: list, slots: dict, iteration, xb, yb, valid, count, choice, lr, clipnorm,
+                 global_clipnorm, clipvalue):
+        """`theta` and each slot are lists of stacked variables [K, *shape], in the model's order;
+        `xb`, `yb` [K, B, ...] the batch, `valid` [B] its real samples (`count` of them); `choice`
+        [K] each run's activation; `lr` and the thresholds [K]. Returns the new weights and slots
+        and per run: loss, accuracy, unclipped gradient norm, whether clipping acted, and whether
+        the loss, the norm and every updated weight are finite."""
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            pred = forward(self.archs, theta, xb, choice)
+            loss = masked_mean(self.loss(yb, pred), valid, count)
+            # The sum's gradient with respect to run k's weights is run k's own gradient.
+            total = tf.reduce_sum(loss)
+        grads = tape.gradient(total, theta)
+        squares = tf.stack([tf.reduce_sum(tf.square(g), axis=list(range(1, len(g.shape)))) for g in grads], axis=1)
+        norm = tf.sqrt(tf.reduce_sum(squares, axis=1))
+        grads, acted = clip(grads, squares, norm, clipnorm, global_clipnorm, clipvalue, self.clip_kinds)
+        updated = [update(self.optimizer, w, g, {name: s[i] for name, s in slots.items()}, lr, iteration)
+                   for i, (w, g) in enumerate(zip(theta, grads))]
+        theta = [w for w, _ in updated]
+        slots = {name: [new[name] for _, new in updated] for name in slots}
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
+        for w in theta:
+            finite &= tf.reduce_all(tf.math.is_finite(w), axis=list(range(1, len(w.shape))))
+        accuracy = masked_mean(self.accuracy(yb, pred), valid, count)
+        return theta, slots, loss, accuracy, norm, acted, finite
