@@ -152,7 +152,8 @@ def judge_claim(ex: Example, reference: pd.DataFrame, sweep: pd.DataFrame, bound
     failure_ok = fail.majority(ex.claimed_failure)
     fix_ok = fix.majority(("stable",))
     reproduced = failure_ok and fix_ok
-    edges = f"edge without the fix: {_edge_text(boundary, fail_axes)}; with it: {_edge_text(boundary, fix_axes)}"
+    edges = (f"edge in the learning-rate sweep ({_engines(sweep) or '-'}) without the fix: "
+             f"{_edge_text(boundary, fail_axes)}; with it: {_edge_text(boundary, fix_axes)}")
     if reproduced:
         note = f"failure as claimed; fix stable. {edges}"
     elif not failure_ok:
