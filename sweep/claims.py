@@ -1,56 +1,59 @@
-"""`sweep reproduce`: every document claim next to what was measured.
+"""`sweep reproduce`: every document claim next to what was measured, and where it holds.
 
-For each catalog example, one normal study (`DIR/reproduce-<example>/`, or
-`reproduce-quick-<example>/` with `--quick`) trains the document's failure
-configuration and its fix configuration over the seeds, each across a short
-learning-rate sweep (from a decade below the document's learning rate up to
-1.0 on the catalog's grid). `log_of_zero` also gets the document's direct
-evaluation of its hand-written loss on fixed arrays. Then:
+For each catalog example three studies are trained (`claim_studies`: the document's
+configurations with a short learning-rate sweep, the same configurations exactly on the
+keras engine, and the example's wider space on the population engine), then per claim:
 
-* `DIR/claims.parquet`: one row per claim (DESIGN.md's columns plus `study`);
-* `DIR/REPORT.md`: per claim what the document says, what was measured,
-  whether it reproduced and a one-line note why; the plots of each study.
+(a) the claim, in the document's words;
+(b) what was measured at the document's configuration: the keras engine's runs decide
+    (`measured_failure`, `measured_fix`, `reproduced`), the sweep study's runs at the same
+    configurations and its edges are reported beside them (`sweep_failure`, `sweep_fix`);
+(c) where in the wider space the claimed failure does occur: the shortest conjunction of
+    axis conditions (`conditions.find_rule`) over the space's runs whose status is one the
+    claim names, with its precision and coverage, or "nowhere in this space" and the space
+    written out (`failure_where`, `space`);
+(d) what the document's fix does there: on the axis the fix changes (`fix_change`), its
+    rescue rate on the failing map cells inside the failure's region and its edge shift with
+    a 95 % interval (`effects.axis_effect`; the region is the rule of (c) without its terms
+    on that axis, so that both sides of a pair lie in it); over the whole space when the
+    failure occurs nowhere.
 
-A failure claim reproduces when a strict majority of the failure
-configuration's seeds end in one of the example's `claimed_failure` statuses,
-and the claim as a whole when, in addition, a majority of the fix
-configuration's seeds are stable. Nothing is tuned to make a claim hold.
+A failure claim reproduces when a strict majority of the failure configuration's seeds end
+in one of the example's `claimed_failure` statuses, and the claim as a whole when, in
+addition, a majority of the fix configuration's seeds are stable. Nothing is tuned to make
+a claim hold. `log_of_zero` also gets the document's direct evaluation of its hand-written
+loss on fixed arrays. `DIR/claims.parquet` holds one row per claim, `DIR/REPORT.md` the
+report (`sweep.report`)::
 
-    >>> from sweep.claims import reproduce_study
-    >>> s = reproduce_study("exploding_gradients", quick=True)
-    >>> s.name, s.grid["clipnorm"], s.grid["learning_rate"]
-    ('reproduce-quick-exploding_gradients', (None, 1.0), (0.001, 0.01, 0.1, 1.0))
+    >>> from sweep.claims import CLAIM_COLUMNS
+    >>> CLAIM_COLUMNS.names[:4]
+    ['example', 'document', 'claim', 'failure_config']
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import maps, reports
-from ._version import __version__
 from .catalog import EXAMPLES, Example, direct_evaluation
+from .claim_studies import KINDS, describe, fix_change, space_text, study_toml
 from .spec import SETTING_AXES, Study, config_from_dict, load, parse
 from .spec import format_value as _fmt
 from .verdict import ORCHESTRATOR_STATUSES, STATUSES
 
 CLAIMS_FILE = "claims.parquet"
-REPORT_FILE = "REPORT.md"
-SEEDS = (0, 1, 2, 3, 4)  # DESIGN: at least five seeds per configuration
-QUICK_SEEDS = (0, 1)
-QUICK_EPOCHS = 2
 # The document's direct evaluation draws 100 predictions; with 20 draws, a few contain an exact zero.
 DIRECT_SEEDS = tuple(range(20))
-# The half-decade learning-rate ladder of the example study files (studies/*.toml).
-LR_LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 CLAIM_COLUMNS = pa.schema([
     ("example", pa.string()),
@@ -59,54 +62,39 @@ CLAIM_COLUMNS = pa.schema([
     ("failure_config", pa.string()),
     ("fix_config", pa.string()),
     ("claimed_failure", pa.string()),
-    ("measured_failure", pa.string()),
+    ("measured_failure", pa.string()),  # (b) on `measured_engine`, at the document's exact configuration
     ("claimed_fix", pa.string()),
     ("measured_fix", pa.string()),
     ("reproduced", pa.bool_()),
     ("note", pa.string()),
-    ("study", pa.string()),  # the study directory under DIR whose runs were measured
+    ("study", pa.string()),  # the study directory under DIR of measured_failure / measured_fix
+    ("measured_engine", pa.string()),
+    ("sweep_study", pa.string()),  # (b) again: the learning-rate sweep around the document's configurations
+    ("sweep_engine", pa.string()),
+    ("sweep_failure", pa.string()),
+    ("sweep_fix", pa.string()),
+    ("space_study", pa.string()),  # (c), (d): the wider space, on the population engine
+    ("space", pa.string()),  # the space written out: varied axes and values, seeds, epochs, runs
+    ("failure_runs", pa.int64()),  # runs of the space with a claimed failure status
+    ("space_runs", pa.int64()),  # runs of the space that trained to a verdict
+    ("failure_where", pa.string()),  # Rule.text() of where they occur, or "nowhere in this space"
+    ("failure_where_precision", pa.float64()),
+    ("failure_where_coverage", pa.float64()),
+    ("fix_axis", pa.string()),  # the axis the document's fix changes, its value and the failure's
+    ("fix_value", pa.string()),
+    ("fix_reference", pa.string()),
+    ("fix_failing_cells", pa.int64()),  # reference map cells not stable by majority, inside the region
+    ("fix_rescued_cells", pa.int64()),  # ... whose fixed partner is stable
+    ("fix_rescue_rate", pa.float64()),
+    ("fix_pairs", pa.int64()),  # settings pairs (reference, fix) the edge shift is the median over
+    ("fix_edge_shift", pa.float64()),  # edge with the fix / edge without it (a ratio of learning rates)
+    ("fix_edge_shift_censored", pa.string()),  # "" exact, ">=" / "<=" a bound, else edge_shift is null
+    ("fix_edge_shift_low", pa.float64()),  # bootstrap 95 % interval over pairs
+    ("fix_edge_shift_high", pa.float64()),
+    ("failure_runs_without_fix", pa.int64()),  # runs with a claimed status in the region, axis = reference
+    ("failure_runs_with_fix", pa.int64()),  # ... axis = the fix's value
+    ("fix_note", pa.string()),
 ])
-
-
-def describe(example: Example, overrides: dict) -> str:
-    """A configuration as the document sets it: its axes, then the example's other defaults."""
-    return ", ".join(f"{a}={_fmt(v)}" for a, v in overrides.items())
-
-
-def sweep_learning_rates(example: Example, quick: bool) -> tuple[float, ...]:
-    """The learning rates around the document's: a decade below the lowest up to 1.0
-    (or a decade above the highest if that is larger); quick: the document's, 0.1 and 1.0."""
-    doc = sorted({example.config(example.failure)["learning_rate"], example.config(example.fix)["learning_rate"]})
-    if quick:
-        return tuple(sorted(set(doc) | {0.1, 1.0}))
-    top = max(1.0, doc[-1] * 10)
-    return tuple(lr for lr in LR_LADDER if doc[0] / 10 * 0.999 <= lr <= top * 1.001)
-
-
-def reproduce_study(example_id: str, quick: bool = False, engine: str | None = None) -> Study:
-    """The study that measures one example's failure and fix configurations."""
-    return parse(reproduce_toml(example_id, quick, engine), f"<reproduce {example_id}>")
-
-
-def reproduce_toml(example_id: str, quick: bool = False, engine: str | None = None) -> str:
-    """The study file of `reproduce_study`, as `sweep run` would read it."""
-    ex = EXAMPLES[example_id]
-    fail, fix = ex.config(ex.failure), ex.config(ex.fix)
-    lines = [f"# {ex.document}, {ex.section}: the document's failure {describe(ex, ex.failure)} and fix "
-             f"{describe(ex, ex.fix)}, with a short learning-rate sweep around each (written by `sweep reproduce`).",
-             "[study]", f'name = "reproduce-{"quick-" if quick else ""}{example_id}"', f'example = "{example_id}"',
-             f"epochs = {min(QUICK_EPOCHS, ex.epochs) if quick else ex.epochs}",
-             f"seeds = {list(QUICK_SEEDS if quick else SEEDS)}", 'sampler = "grid"']
-    if engine:
-        lines.append(f'engine = "{engine}"')
-    lines.append("[grid]")
-    lines.append(f"learning_rate = {list(sweep_learning_rates(ex, quick))}")
-    for axis in SETTING_AXES:
-        values = list(dict.fromkeys([fail[axis], fix[axis]]))
-        if len(values) > 1 or axis in ex.failure or axis in ex.fix:
-            toml = ", ".join('"none"' if v is None else (f'"{v}"' if isinstance(v, str) else repr(v)) for v in values)
-            lines.append(f"{axis} = [{toml}]")
-    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -151,14 +139,21 @@ def _edge_text(boundary: pd.DataFrame, axes: dict) -> str:
             f"{b['edge_status']} from {_fmt(b['lr_unstable_min'])}")
 
 
-def judge_claim(ex: Example, study_name: str, trials: pd.DataFrame, boundary: pd.DataFrame) -> dict:
-    """One claims row from the example's study."""
+def _engines(trials: pd.DataFrame) -> str:
+    return ", ".join(sorted(str(e) for e in trials["engine"].dropna().unique())) if "engine" in trials else ""
+
+
+def judge_claim(ex: Example, reference: pd.DataFrame, sweep: pd.DataFrame, boundary: pd.DataFrame) -> dict:
+    """(a) and (b) of one claim: the reference runs at the document's configurations decide;
+    the sweep's runs at the same configurations and its edges (`boundary`) are reported beside."""
     fail_axes, fix_axes = ex.config(ex.failure), ex.config(ex.fix)
-    fail, fix = measure(trials, fail_axes), measure(trials, fix_axes)
+    fail, fix = measure(reference, fail_axes), measure(reference, fix_axes)
+    sweep_fail, sweep_fix = measure(sweep, fail_axes), measure(sweep, fix_axes)
     failure_ok = fail.majority(ex.claimed_failure)
     fix_ok = fix.majority(("stable",))
     reproduced = failure_ok and fix_ok
-    edges = f"edge without the fix: {_edge_text(boundary, fail_axes)}; with it: {_edge_text(boundary, fix_axes)}"
+    edges = (f"edge in the learning-rate sweep ({_engines(sweep) or '-'}) without the fix: "
+             f"{_edge_text(boundary, fail_axes)}; with it: {_edge_text(boundary, fix_axes)}")
     if reproduced:
         note = f"failure as claimed; fix stable. {edges}"
     elif not failure_ok:
@@ -172,13 +167,66 @@ def judge_claim(ex: Example, study_name: str, trials: pd.DataFrame, boundary: pd
         note = f"the failure configuration does not fail as claimed: {why}{edges}{worse}"
     else:
         note = f"the failure reproduces but the fix is not stable. {edges}"
+    if sweep_fail.n and (sweep_fail.majority(ex.claimed_failure), sweep_fix.majority(("stable",))) != (failure_ok, fix_ok):
+        note += f" ({_engines(sweep)} at the same configurations decides otherwise: see sweep_failure, sweep_fix)"
     return {
         "example": ex.id, "document": ex.document, "claim": ex.claim,
-        "failure_config": describe(ex, ex.failure), "fix_config": describe(ex, ex.fix),
+        "failure_config": describe(ex.failure), "fix_config": describe(ex.fix),
         "claimed_failure": " or ".join(ex.claimed_failure), "measured_failure": fail.text(),
         "claimed_fix": "stable", "measured_fix": fix.text(), "reproduced": reproduced, "note": note,
-        "study": study_name,
+        "measured_engine": _engines(reference), "sweep_engine": _engines(sweep),
+        "sweep_failure": sweep_fail.text(), "sweep_fix": sweep_fix.text(),
     }
+
+
+def answer_space(ex: Example, trials: pd.DataFrame, space: str = "") -> dict:
+    """(c) where the claimed failure occurs among the space's runs and (d) what the fix does there."""
+    from .conditions import find_rule
+    from .effects import axis_effect
+    from .effects import describe as describe_effect
+
+    trained = trials[~trials["status"].astype(str).isin(ORCHESTRATOR_STATUSES)].reset_index(drop=True)
+    target = trained["status"].astype(str).isin(ex.claimed_failure).to_numpy()
+    map_df, boundary_df = maps.build(trials)
+    axis, value, reference = fix_change(ex)
+    row = {"space": space, "failure_runs": int(target.sum()), "space_runs": len(trained),
+           "fix_axis": axis, "fix_value": _fmt(value), "fix_reference": _fmt(reference)}
+    claimed = " or ".join(ex.claimed_failure)
+    region = None
+    if target.any():
+        rule = find_rule(trained, target)
+        row.update(failure_where=f"{claimed} where {rule.text()}", failure_where_precision=rule.precision,
+                   failure_where_coverage=rule.coverage)
+        # The region on the other axes: a term on the fix's own axis would keep its fixed partners out.
+        own = [t for t in rule.terms if t[0] == axis]
+        region = dataclasses.replace(rule, terms=tuple(t for t in rule.terms if t[0] != axis))
+        there = (f"in the failure's region ({region.text()})" if region.terms
+                 else f"over the whole space (the failure's conditions name no axis but {axis})")
+        if own and _fmt(reference) not in own[0][2]:
+            there = f"the claimed failure occurs with the fix, not without it ({rule.text()}); {there}"
+    else:
+        row.update(failure_where="nowhere in this space", failure_where_precision=math.nan,
+                   failure_where_coverage=math.nan)
+        there = f"over the whole space (no run ends {claimed})"
+    cells = pd.Series(region.mask(map_df), index=map_df.index) if region and region.terms else None
+    effect = axis_effect(map_df, boundary_df, axis, value, reference, cells=cells)
+    # The claimed status itself, with and without the fix, in the same region: a fix can remove
+    # it without making the cell stable (a nan that becomes a divergence).
+    inside = region.mask(trained) if region else np.ones(len(trained), dtype=bool)
+    side = trained[axis].astype(object).map(_fmt).to_numpy()
+    counts = {v: (int((target & inside & (side == _fmt(v))).sum()), int((inside & (side == _fmt(v))).sum()))
+              for v in (reference, value)}
+    fixed = trained.loc[inside & (side == _fmt(value)), "status"].astype(str).value_counts()
+    ends = ", ".join(f"{s} {fixed[s]}" for s in STATUSES if fixed.get(s))
+    row.update(fix_failing_cells=effect["n_failing_cells"], fix_rescued_cells=effect["n_rescued"],
+               fix_rescue_rate=effect["rescue_rate"], fix_pairs=effect["n_pairs"],
+               fix_edge_shift=effect["edge_shift"], fix_edge_shift_censored=effect["edge_shift_censored"],
+               fix_edge_shift_low=effect["edge_shift_low"], fix_edge_shift_high=effect["edge_shift_high"],
+               failure_runs_without_fix=counts[reference][0], failure_runs_with_fix=counts[value][0],
+               fix_note=f"{there}: {describe_effect(effect)}; runs ending {claimed} there: "
+                        f"{counts[reference][0]} of {counts[reference][1]} without the fix, {counts[value][0]} "
+                        f"of {counts[value][1]} with it (which end {ends or 'nowhere'})")
+    return row
 
 
 def direct_claim(seeds=DIRECT_SEEDS) -> tuple[dict, pd.DataFrame]:
@@ -207,7 +255,7 @@ def direct_claim(seeds=DIRECT_SEEDS) -> tuple[dict, pd.DataFrame]:
         "fix_config": "the same arrays through custom_loss_corrected",
         "claimed_failure": "nan", "measured_failure": measured, "claimed_fix": "finite",
         "measured_fix": f"finite in {corrected_finite}/{len(evals)} draws",
-        "reproduced": reproduced, "note": note, "study": "",
+        "reproduced": reproduced, "note": note, "study": "", "measured_engine": "tensorflow (no training)",
     }
     return row, evals
 
@@ -227,122 +275,65 @@ def load_claims(results: str | os.PathLike) -> pd.DataFrame:
     version = (pf.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
     if version != reports.SCHEMA_VERSION:
         raise reports.ResultsError(f"{path}: schema_version {version}, this sweep reads {reports.SCHEMA_VERSION}")
-    df = pf.read(columns=CLAIM_COLUMNS.names).cast(CLAIM_COLUMNS).to_pandas()
+    missing = [n for n in CLAIM_COLUMNS.names if n not in pf.schema_arrow.names]
+    if missing:
+        raise reports.ResultsError(f"{path}: no column {', '.join(missing)}; `sweep reproduce` writes them")
+    # Counts stay integers where the direct evaluation leaves them null.
+    df = pf.read(columns=CLAIM_COLUMNS.names).cast(CLAIM_COLUMNS).to_pandas(
+        types_mapper={pa.int64(): pd.Int64Dtype()}.get)
     df["example"] = df["example"].astype("category")
     return df
 
 
-def reproduce(results: str | os.PathLike = "results", quick: bool = False, engine: str | None = None,
-              on_study: Callable[[Study], None] | None = None, command: str = "") -> pd.DataFrame:
-    """Run every claim's study (resuming what is recorded), write claims.parquet and REPORT.md."""
+def _train(out: Path, toml: str, quick: bool, on_study: Callable[[Study], None] | None) -> tuple[Study, pd.DataFrame]:
+    """Run (or resume) one claim study under `out` and write its plots; the study and its trials."""
     from . import study as driver
+    from .engines.population import PopulationEngine
+    from .engines.population.step import WRITTEN_LOSSES
     from .plots import write_plots
     from .pool import LocalPool
+
+    # The study file goes next to its results, so study.json records it and
+    # `sweep run DIR/<study>/study.toml` re-runs exactly this study.
+    study_dir = out / parse(toml).name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "study.toml").write_text(toml)
+    s = load(study_dir / "study.toml")
+    if on_study:
+        on_study(s)
+    # Trained in this process, without starting Ray for each: the population engine
+    # already spreads a batch over the CPU's threads.
+    engine = driver.engine_for(s, None)
+    if engine == "population" and (quick or set(s.grid["loss"]) & set(WRITTEN_LOSSES)):
+        # Without XLA where its compile never pays back: the quick form's populations are a few
+        # runs of two epochs, and the hand-written losses are evaluated sample by sample
+        # (tf.vectorized_map), a program XLA compiles for minutes per population shape.
+        engine = PopulationEngine(jit=False)
+    driver.run(s, out, pool=LocalPool(s, engine))
+    write_plots(study_dir)
+    return s, reports.load_trials(study_dir)
+
+
+def reproduce(results: str | os.PathLike = "results", quick: bool = False, engine: str | None = None,
+              on_study: Callable[[Study], None] | None = None, command: str = "") -> pd.DataFrame:
+    """Run every claim's studies (resuming what is recorded), write claims.parquet and REPORT.md.
+    `engine` is the engine of the learning-rate sweep studies (the reference is keras and the
+    space population by definition)."""
+    from .report import write_report
 
     out = Path(results)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    engines = set()
     for example_id, ex in EXAMPLES.items():
-        name = reproduce_study(example_id, quick, engine).name
-        # The study file goes next to its results, so study.json records it and
-        # `sweep run DIR/<study>/study.toml` re-runs exactly this study.
-        study_dir = out / name
-        study_dir.mkdir(parents=True, exist_ok=True)
-        (study_dir / "study.toml").write_text(reproduce_toml(example_id, quick, engine))
-        s = load(study_dir / "study.toml")
-        if on_study:
-            on_study(s)
-        # The claim studies are small: trained in this process, without starting Ray for each.
-        driver.run(s, out, engine=engine, pool=LocalPool(s, driver.engine_for(s, engine)))
-        trials = reports.load_trials(study_dir)
-        engines.update(str(e) for e in trials["engine"].dropna().unique())
-        _, boundary = maps.build(trials)
-        rows.append(judge_claim(ex, s.name, trials, boundary))
-        write_plots(study_dir)
+        done = {kind: _train(out, study_toml(ex, kind, quick, engine), quick, on_study) for kind in KINDS}
+        (sweep, sweep_trials), (keras, keras_trials), (space, space_trials) = (done[k] for k in KINDS)
+        row = judge_claim(ex, keras_trials, sweep_trials, maps.build(sweep_trials)[1])
+        row.update(study=keras.name, sweep_study=sweep.name, space_study=space.name)
+        row.update(answer_space(ex, space_trials, space_text(space)))
+        rows.append(row)
         if example_id == "log_of_zero":
-            direct, _ = direct_claim()
-            rows.append(direct)
+            rows.append(direct_claim()[0])
     write_claims(rows, out / CLAIMS_FILE)
     claims = load_claims(out)
-    write_report(out, claims, quick=quick, engines=sorted(engines), command=command)
+    write_report(out, claims, quick=quick, command=command)
     return claims
-
-
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def write_report(out: Path, claims: pd.DataFrame, *, quick: bool, engines: list[str], command: str) -> Path:
-    """REPORT.md: the claims table, then per claim the document's words, the measurements and plots,
-    then the stability maps of any full per-example studies found in the same directory."""
-    import keras
-    import tensorflow as tf
-
-    lines = ["# Do the documents' claims reproduce?", ""]
-    lines += [f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by stability-sweep {__version__} "
-              f"(TensorFlow {tf.__version__}, Keras {keras.__version__}), engine: {', '.join(engines) or '-'}"
-              f"{', quick form (few epochs and seeds: not the reference figures)' if quick else ''}.", ""]
-    lines += ["Regenerate:", "", "```bash", command or f"sweep reproduce{' --quick' if quick else ''} --results {out}"]
-    full = [d for d in sorted(out.iterdir()) if d.is_dir() and d.name in EXAMPLES and (d / "trials").is_dir()]
-    for d in full:
-        lines.append(f"sweep run studies/{d.name}.toml --results {out} && sweep map {out}/{d.name} --png")
-    lines += ["```", ""]
-    lines += ["A failure claim reproduces when a strict majority of the failure configuration's seeds end in "
-              "a claimed status; the claim as a whole when, in addition, a majority of the fix configuration's "
-              "seeds are stable. Statuses follow DESIGN.md's verdict rules (`nan` also covers ±inf).", ""]
-    lines += ["| example | document | claimed failure | measured at the failure config | measured at the fix config "
-              "| reproduced | note |", "|---|---|---|---|---|---|---|"]
-    for _, c in claims.iterrows():
-        lines.append(f"| {c['example']} | {c['document']} | {_md(c['claimed_failure'])} | "
-                     f"{_md(c['failure_config'])}: {_md(c['measured_failure'])} | {_md(c['fix_config'])}: "
-                     f"{_md(c['measured_fix'])} | {'yes' if c['reproduced'] else '**no**'} | {_md(c['note'])} |")
-    lines.append("")
-    for _, c in claims.iterrows():
-        ex = EXAMPLES[str(c["example"])]
-        lines += [f"## {c['example']}: {ex.document}, {ex.section}" + (" (direct evaluation)" if not c["study"] else ""),
-                  "", f"**The document says:** {c['claim']}", "",
-                  f"- failure configuration: {c['failure_config']} → measured: {c['measured_failure']}",
-                  f"- fix configuration: {c['fix_config']} → measured: {c['measured_fix']}",
-                  f"- **reproduced: {'yes' if c['reproduced'] else 'no'}**: {c['note']}", ""]
-        if not c["study"]:
-            continue
-        lines += [f"Model and data: {ex.description}", ""]
-        study_dir = out / c["study"]
-        _, boundary = maps.build(reports.load_trials(study_dir))
-        lines += _boundary_md(boundary) + [""]
-        for png, what in (("curves.png", "loss curves, failure and fix"), ("pstable.png", "P(stable) over seeds")):
-            if (study_dir / "plots" / png).exists():
-                lines += [f"![{c['example']}: {what}]({c['study']}/plots/{png})", ""]
-    if full:
-        lines += ["# Stability maps of the full per-example studies", ""]
-    for d in full:
-        lines += [f"## {d.name}", "", f"`sweep map {out}/{d.name}`:", ""]
-        lines += _boundary_md(maps.load_boundary(d) if (d / maps.BOUNDARY_FILE).exists()
-                              else maps.build(reports.load_trials(d))[1]) + [""]
-        for png in ("pstable.png", "edge_vs_batch.png", "curves.png"):
-            if (d / "plots" / png).exists():
-                lines += [f"![{d.name}: {png}]({d.name}/plots/{png})", ""]
-    path = out / REPORT_FILE
-    tmp = path.with_name(f".{REPORT_FILE}.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def _boundary_md(boundary: pd.DataFrame) -> list[str]:
-    """The edge of every setting as a Markdown table (varying axes only)."""
-    varying = [a for a in SETTING_AXES if boundary[a].astype(object).nunique(dropna=False) > 1]
-    head = varying + ["stable from", "edge [stable, first non-stable]", "beyond the edge", "LR sensitivity", "runs"]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, b in boundary.iterrows():
-        if pd.isna(b["lr_stable_min"]):
-            edge, beyond = "nothing stable", f"{b['edge_status']} (most runs)"
-        elif pd.isna(b["lr_unstable_min"]):
-            edge, beyond = f"[{_fmt(b['lr_stable_max'])}, -]", "stable to the sweep's end"
-        else:
-            edge, beyond = f"[{_fmt(b['lr_stable_max'])}, {_fmt(b['lr_unstable_min'])}]", str(b["edge_status"])
-        cells = [_fmt(b[a]) for a in varying] + [_fmt(b["lr_stable_min"]), edge, beyond,
-                                                 f"{b['lr_sensitivity']:.3g}", str(int(b["n_runs"]))]
-        out.append("| " + " | ".join(cells) + " |")
-    return out

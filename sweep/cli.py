@@ -232,25 +232,28 @@ def repro(study_dir: str, trial: int) -> None:
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="CI form: 2 seeds, 2 epochs, 4 learning rates (not reference figures).")
+@click.option("--quick", is_flag=True, help="CI form: 2 epochs and a few runs per study (not reference figures).")
 @click.option("--results", "results_dir", default="results", show_default=True,
               help="Where the claim studies, claims.parquet and REPORT.md go.")
 @click.option("--engine", type=click.Choice(["keras", "population"]), default=None,
-              help="Engine of the claim studies (default: the study default).")
+              help="Engine of the learning-rate sweep studies (default: the study default); the "
+                   "reference studies train on keras, the space studies on population.")
 def reproduce(quick: bool, results_dir: str, engine: str | None) -> None:
     """Run every document claim; write claims.parquet and REPORT.md; print the claims table."""
     from .claims import reproduce as run_claims
+    from .report import given, where_text
 
     command = "sweep reproduce" + (" --quick" if quick else "") + f" --results {results_dir}" + (
         f" --engine {engine}" if engine else "")
     claims = run_claims(results_dir, quick=quick, engine=engine, command=command,
                         on_study=lambda s: click.echo(f"{s.name}: {len(s.plan())} runs"))
     table = Table(title=f"{results_dir}/claims.parquet: {int(claims['reproduced'].sum())} of {len(claims)} claims reproduced")
-    for c in ("example", "failure config", "measured", "fix config", "measured ", "reproduced", "note"):
+    for c in ("example", "failure config", "measured", "fix config", "measured ", "reproduced",
+              "where the claimed failure occurs", "the fix there"):
         table.add_column(c, overflow="fold")
     for _, c in claims.iterrows():
         table.add_row(str(c["example"]), c["failure_config"], c["measured_failure"], c["fix_config"],
-                      c["measured_fix"], "yes" if c["reproduced"] else "no", c["note"])
+                      c["measured_fix"], "yes" if c["reproduced"] else "no", where_text(c), given(c["fix_note"]))
     console.print(table)
     click.echo(f"wrote {Path(results_dir) / 'claims.parquet'} and {Path(results_dir) / 'REPORT.md'}")
 

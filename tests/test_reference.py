@@ -15,7 +15,8 @@ from sweep.workers import execute
 from sweep.spec import Run, config_from_dict, load
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-STUDIES = [RESULTS / f"reproduce-{example}" for example in EXAMPLES]
+# Per example: the learning-rate sweep, the keras reference and the wider space (sweep.claim_studies).
+STUDIES = [RESULTS / f"reproduce-{example}{kind}" for example in EXAMPLES for kind in ("", "-keras", "-space")]
 
 
 def test_claims_cover_every_example_and_the_report_links_existing_plots():
@@ -27,9 +28,15 @@ def test_claims_cover_every_example_and_the_report_links_existing_plots():
     assert "sweep reproduce --results results" in report
     for example in EXAMPLES:
         assert f"## {example}:" in report
-    for link in pd.Series(report.split("](")[1:]).str.split(")").str[0]:
-        if link.endswith(".png"):
-            assert (RESULTS / link).is_file(), link
+    links = {link for link in pd.Series(report.split("](")[1:]).str.split(")").str[0] if link.endswith(".png")}
+    for link in links:
+        assert (RESULTS / link).is_file(), link
+    for study_dir in STUDIES:
+        for png in (study_dir / "plots").glob("*.png"):
+            assert f"{study_dir.name}/plots/{png.name}" in links, png
+    answered = claims[claims["space_study"].notna()]
+    assert set(answered["example"].astype(str)) == set(EXAMPLES)
+    assert (answered["measured_engine"] == "keras").all() and answered["failure_where"].notna().all()
 
 
 @pytest.mark.parametrize("study_dir", STUDIES, ids=lambda p: p.name)
