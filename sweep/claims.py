@@ -289,7 +289,6 @@ def _train(out: Path, toml: str, quick: bool, on_study: Callable[[Study], None] 
     """Run (or resume) one claim study under `out` and write its plots; the study and its trials."""
     from . import study as driver
     from .engines.population import PopulationEngine
-    from .engines.population.step import WRITTEN_LOSSES
     from .plots import write_plots
     from .pool import LocalPool
 
@@ -304,10 +303,9 @@ def _train(out: Path, toml: str, quick: bool, on_study: Callable[[Study], None] 
     # Trained in this process, without starting Ray for each: the population engine
     # already spreads a batch over the CPU's threads.
     engine = driver.engine_for(s, None)
-    if engine == "population" and (quick or set(s.grid["loss"]) & set(WRITTEN_LOSSES)):
-        # Without XLA where its compile never pays back: the quick form's populations are a few
-        # runs of two epochs, and the hand-written losses are evaluated sample by sample
-        # (tf.vectorized_map), a program XLA compiles for minutes per population shape.
+    if engine == "population" and quick:
+        # Without XLA: the quick form's populations are a few runs of two epochs, whose compile
+        # never pays back.
         engine = PopulationEngine(jit=False)
     driver.run(s, out, pool=LocalPool(s, engine))
     write_plots(study_dir)

@@ -172,8 +172,11 @@ class PopulationEngine:
         import tensorflow as tf
 
         kinds, shared = program_of
+        # The hand-written losses are evaluated sample by sample (tf.vectorized_map), a program
+        # XLA compiles for minutes per population shape: it never pays back, so they run without.
+        jit = self.jit and runs[0].config.loss not in WRITTEN_LOSSES
         try:
-            return train_population(study, runs, jit=self.jit, clip_kinds=kinds, activations=shared)
+            return train_population(study, runs, jit=jit, clip_kinds=kinds, activations=shared)
         except tf.errors.ResourceExhaustedError as exc:
             if len(runs) == 1:
                 return [exc]
