@@ -247,14 +247,14 @@ def reproduce(quick: bool, results_dir: str, engine: str | None) -> None:
         f" --engine {engine}" if engine else "")
     claims = run_claims(results_dir, quick=quick, engine=engine, command=command,
                         on_study=lambda s: click.echo(f"{s.name}: {len(s.plan())} runs"))
-    table = Table(title=f"{results_dir}/claims.parquet: {int(claims['reproduced'].sum())} of {len(claims)} claims reproduced")
-    for c in ("example", "failure config", "measured", "fix config", "measured ", "reproduced",
-              "where the claimed failure occurs", "the fix there"):
-        table.add_column(c, overflow="fold")
+    click.echo(f"{results_dir}/claims.parquet: {int(claims['reproduced'].sum())} of {len(claims)} claims reproduced")
+    # One block of sentences per claim: eight columns of prose do not fit a terminal.
     for _, c in claims.iterrows():
-        table.add_row(str(c["example"]), c["failure_config"], c["measured_failure"], c["fix_config"],
-                      c["measured_fix"], "yes" if c["reproduced"] else "no", where_text(c), given(c["fix_note"]))
-    console.print(table)
+        _print_lines(f"{c['example']}: reproduced {'yes' if c['reproduced'] else 'no'}", [
+            f"at the document's failure configuration ({c['failure_config']}): {c['measured_failure']}",
+            f"at its fix ({c['fix_config']}): {c['measured_fix']}",
+            f"where the claimed failure occurs: {where_text(c)}",
+            f"the fix there: {given(c['fix_note'])}"])
     click.echo(f"wrote {Path(results_dir) / 'claims.parquet'} and {Path(results_dir) / 'REPORT.md'}")
 
 

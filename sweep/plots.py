@@ -1,11 +1,12 @@
 """Plots of a study (PNG, matplotlib's Agg canvas; no display needed).
 
-Three figures, each readable on its own (titles, axis labels, legends say
+The figures, each readable on its own (titles, axis labels, legends say
 what is drawn):
 
 * `pstable.png`: P(stable) over seeds as a heatmap, learning rate across,
   clipping (and any other varying axis) down, one panel per activation and
-  scaler;
+  scaler (a study of at most `tables.SMALL_STUDY` settings; a larger one has
+  `pstable_by_<axis>.png` of `answer_plots` instead);
 * `edge_vs_batch.png`: each setting's edge learning rate against batch size,
   one panel per optimizer (when the study varies batch size);
 * `curves.png`: loss curves of every seed at the document's failure and fix
@@ -29,7 +30,7 @@ from . import maps, reports
 from .catalog import EXAMPLES, Example
 from .spec import CLIP_AXES, SETTING_AXES, config_from_dict
 from .spec import format_value as _fmt
-from .tables import edge_rank, top_axes
+from .tables import SMALL_STUDY, edge_rank, top_axes
 
 PLOTS_DIR = "plots"
 # More lines than this in one panel of edge_vs_batch are a tangle: it draws medians instead.
@@ -216,8 +217,9 @@ def write_plots(study_dir: str | os.PathLike) -> list[Path]:
     if len(map_df):
         effects_df = effects(map_df, boundary_df)
         ranked = top_axes(effects_df, boundary_df, n=len(SETTING_AXES))
-        written.append(pstable_heatmap(map_df, out / PLOTS_DIR / "pstable.png",
-                                       f"{name} ({example})\nP(stable) over seeds; grey: not run"))
+        if len(boundary_df) <= SMALL_STUDY:  # beyond, one row per setting is unreadable: pstable_by_<axis>
+            written.append(pstable_heatmap(map_df, out / PLOTS_DIR / "pstable.png",
+                                           f"{name} ({example})\nP(stable) over seeds; grey: not run"))
         edge = edge_vs_batch(boundary_df, out / PLOTS_DIR / "edge_vs_batch.png",
                              f"{name} ({example}): edge learning rate against batch size",
                              next((a for a in ranked if a not in ("batch_size", "optimizer")), None))
