@@ -202,7 +202,11 @@ class Faults:
 
 
 class RayPool:
-    """The pool on the connected Ray cluster (see the module docstring for its faults)."""
+    """The pool on the connected Ray cluster (see the module docstring for its faults).
+
+    Longer than most classes because it is the `pool.Pool` protocol in one place (`idle`,
+    `capacity`, `submit`, `wait` and the retries); the actors and the faults live in `Actors`
+    and `Faults`, and each method here is short."""
 
     def __init__(self, study: Study, engine: str | Engine, *, cpus_per_worker: float = 1,
                  max_deaths: int = 2, max_start_failures: int = 3):
