@@ -63,7 +63,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .reports import CATEGORIES, SCHEMA_VERSION, ResultsError, open_checked, write_atomic
+from .reports import CATEGORIES, ResultsError, arrow_table, open_checked, write_atomic
 from .spec import SETTING_AXES, format_value
 from .verdict import ORCHESTRATOR_STATUSES, STATUSES
 
@@ -277,7 +277,7 @@ def _search(space: _Space, n_target: int, max_terms: int) -> tuple[tuple[int, ..
 
 def conditions(trials: pd.DataFrame, max_terms: int = MAX_TERMS) -> pd.DataFrame:
     """One row per failure status present in `trials` (in `verdict.STATUSES` order): its rule."""
-    return _typed(_table(_condition_rows(trials, max_terms)))
+    return _typed(arrow_table(_condition_rows(trials, max_terms), CONDITION_COLUMNS))
 
 
 def _condition_rows(trials: pd.DataFrame, max_terms: int) -> list[dict]:
@@ -354,12 +354,6 @@ def describe(row_or_status_and_rule: Any) -> str:
             f"covers {_percent(rule.coverage)} % of {rule.n_target:,} {status} runs")
 
 
-def _table(rows: list[dict]) -> pa.Table:
-    full = [{n: r.get(n) for n in CONDITION_COLUMNS.names} for r in rows]
-    table = pa.Table.from_pylist(full, schema=CONDITION_COLUMNS)
-    return table.replace_schema_metadata({"schema_version": SCHEMA_VERSION})
-
-
 def _typed(table: pa.Table) -> pd.DataFrame:
     df = table.to_pandas()
     df["status"] = pd.Categorical(df["status"], categories=list(STATUSES))
@@ -368,7 +362,7 @@ def _typed(table: pa.Table) -> pd.DataFrame:
 
 def write(study_dir: str | os.PathLike, trials: pd.DataFrame) -> pd.DataFrame:
     """`conditions.parquet` of a study directory, rebuilt from its trials (atomically); returns it."""
-    table = _table(_condition_rows(trials, MAX_TERMS))
+    table = arrow_table(_condition_rows(trials, MAX_TERMS), CONDITION_COLUMNS)
     write_atomic(table, Path(study_dir) / CONDITIONS_FILE)
     return _typed(table)
 

@@ -57,7 +57,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .maps import _frame, _table, _typed_map, is_stable, modal_status
+from .maps import frame, is_stable, modal_status, table, typed_map
 from .reports import ResultsError, open_checked, write_atomic
 from .spec import CATEGORICAL_AXES, CLIP_AXES, SETTING_AXES, example_defaults, format_value
 
@@ -321,7 +321,7 @@ def _effect_rows(map_df: pd.DataFrame, boundary_df: pd.DataFrame, reference: dic
 def effects(map_df: pd.DataFrame, boundary_df: pd.DataFrame, reference: dict | None = None) -> pd.DataFrame:
     """Every value of every setting axis the study varies, against its reference (`reference`
     overrides `reference_values` per axis); one row each, typed like `load_effects`."""
-    return _frame(_effect_rows(map_df, boundary_df, reference), EFFECT_COLUMNS)
+    return frame(_effect_rows(map_df, boundary_df, reference), EFFECT_COLUMNS)
 
 
 def _g(v: float) -> str:
@@ -364,8 +364,8 @@ def describe(row) -> str:
 def write(study_dir: str | os.PathLike, map_df: pd.DataFrame, boundary_df: pd.DataFrame) -> pd.DataFrame:
     """Write `effects.parquet` of a study atomically; returns the frame."""
     rows = _effect_rows(map_df, boundary_df, None)
-    write_atomic(_table(rows, EFFECT_COLUMNS), Path(study_dir) / EFFECTS_FILE)
-    return _frame(rows, EFFECT_COLUMNS)
+    write_atomic(table(rows, EFFECT_COLUMNS), Path(study_dir) / EFFECTS_FILE)
+    return frame(rows, EFFECT_COLUMNS)
 
 
 def load_effects(study_dir: str | os.PathLike) -> pd.DataFrame:
@@ -373,4 +373,4 @@ def load_effects(study_dir: str | os.PathLike) -> pd.DataFrame:
     path = Path(study_dir) / EFFECTS_FILE
     if not path.is_file():
         raise ResultsError(f"{path}: no such file; `sweep effects {path.parent}` writes it")
-    return _typed_map(open_checked(path, EFFECT_COLUMNS).read(columns=EFFECT_COLUMNS.names).cast(EFFECT_COLUMNS))
+    return typed_map(open_checked(path, EFFECT_COLUMNS).read(columns=EFFECT_COLUMNS.names).cast(EFFECT_COLUMNS))

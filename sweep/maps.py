@@ -48,8 +48,8 @@ import pandas as pd
 import pyarrow as pa
 
 from . import faults
-from .reports import (CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, load_trials, open_checked, typed,
-                      write_atomic)
+from .reports import (CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, arrow_table, load_trials,
+                      open_checked, typed, write_atomic)
 from .spec import AXES, SETTING_AXES
 from .verdict import ORCHESTRATOR_STATUSES, STATUSES
 
@@ -127,7 +127,7 @@ def _codes(trials: pd.DataFrame, axes: tuple[str, ...]) -> np.ndarray:
 def build(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The map and boundary rows of a study's trials (as `load_trials` returns them)."""
     map_table, boundary_table = _tables(trials)
-    return _typed_map(map_table), _typed_map(boundary_table)
+    return typed_map(map_table), typed_map(boundary_table)
 
 
 def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
@@ -136,7 +136,7 @@ def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
     found from its few cells (`edge`, `lr_sensitivity`)."""
     trials = trials.reset_index(drop=True)
     if trials.empty:
-        return _table([], MAP_COLUMNS), _table([], BOUNDARY_COLUMNS)
+        return table([], MAP_COLUMNS), table([], BOUNDARY_COLUMNS)
     setting = _codes(trials, SETTING_AXES)
     lr = trials["learning_rate"].astype(float).to_numpy()
     # Cells in the order of their setting's first row, then by learning rate.
@@ -272,8 +272,9 @@ MAP_CATEGORIES = {**{a: c for a, c in CATEGORIES.items() if a in AXES},
                   "modal_status": STATUSES, "edge_status": STATUSES}
 
 
-def _typed_map(table: pa.Table) -> pd.DataFrame:
-    df = table.to_pandas()
+def typed_map(arrow: pa.Table) -> pd.DataFrame:
+    """A report table as pandas: axes and statuses as categoricals with their fixed categories."""
+    df = arrow.to_pandas()
     for col, cats in MAP_CATEGORIES.items():
         if col in df.columns:
             df[col] = pd.Categorical(df[col], categories=list(cats))
@@ -281,13 +282,14 @@ def _typed_map(table: pa.Table) -> pd.DataFrame:
     return df
 
 
-def _frame(rows: list[dict], schema: pa.Schema) -> pd.DataFrame:
-    return _typed_map(_table(rows, schema))
+def frame(rows: list[dict], schema: pa.Schema) -> pd.DataFrame:
+    """Report rows as a typed frame (`typed_map`) of `schema`."""
+    return typed_map(table(rows, schema))
 
 
-def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    clean = [{n: _plain(r.get(n)) for n in schema.names} for r in rows]
-    return pa.Table.from_pylist(clean, schema=schema).replace_schema_metadata({"schema_version": SCHEMA_VERSION})
+def table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Report rows as a table of `schema`, absent values (None, NaN, pd.NA) as nulls."""
+    return arrow_table([{n: _plain(r.get(n)) for n in schema.names} for r in rows], schema)
 
 
 def _plain(v):
@@ -319,13 +321,13 @@ def write(study_dir: str | os.PathLike, trials: pd.DataFrame | None = None) -> t
     write_atomic(map_table, out / MAP_FILE)
     faults.point("maps")
     write_atomic(boundary_table, out / BOUNDARY_FILE)
-    return _typed_map(map_table), _typed_map(boundary_table)
+    return typed_map(map_table), typed_map(boundary_table)
 
 
 def _load(path: Path, schema: pa.Schema) -> pd.DataFrame:
     if not path.is_file():
         raise ResultsError(f"{path}: no such file; a finished study writes it (or run `sweep map {path.parent}`)")
-    return _typed_map(open_checked(path, schema).read(columns=schema.names).cast(schema))
+    return typed_map(open_checked(path, schema).read(columns=schema.names).cast(schema))
 
 
 def load_map(path: str | os.PathLike) -> pd.DataFrame:
