@@ -7,25 +7,31 @@ was written, fixed here (`GRID`) so that figures stay comparable. Measured in
 this order, in this process unless said otherwise:
 
 1. `matmul_ceiling`: the best GFLOP/s of a 2048 x 2048 float32 matmul.
-2. `population`: the population engine over the whole set, from cold: the
-   Keras builds for the initial weights and every XLA compilation included.
+2. `population`: the population engine over the whole set, cold: in a fresh
+   process with an empty compile cache, so that every Keras build and every
+   XLA compilation is in it (TensorFlow's import is not: the plain loop does
+   not pay for it either).
 3. `plain_fit`: a fixed sample of the set trained the way the documents train,
    `model.compile(...)` and `model.fit(x, y, epochs, batch_size, verbose=0)`,
    one after the other (one warm-up fit before the first repetition, untimed,
    so that TensorFlow's one-time start is not charged to the first run).
-4. Steps 2 and 3 again, REPEATS pairs in all (one with --quick). The speed of
-   a virtual machine drifts by tens of percent over minutes, so one timing of
-   each side, a minute apart, gives a ratio that moves with the drift; a pair
-   measured back to back shares it. `speedup` is the median of the pairs'
-   ratios, and every pair is reported.
-5. `keras_pool`: the same sample on the keras engine through the worker pool
+4. `population_cached`: step 2 again in another fresh process, with the
+   compile cache step 2 filled (`sweep.xla`): the Keras builds and the tracing
+   again, the XLA programs loaded instead of compiled. What a second sweep,
+   a resume or a test run of the same examples pays.
+5. Steps 2-4 again, REPEATS times in all (once with --quick), each time with
+   a new empty cache. The speed of a virtual machine drifts by tens of
+   percent over minutes, so one timing of each side, a minute apart, gives a
+   ratio that moves with the drift; passes measured back to back share it.
+   `speedup` is the median over the repetitions of population runs/s over
+   plain-fit runs/s, `speedup_cached` the same of population_cached.
+6. `keras_pool`: the same sample on the keras engine through the worker pool
    (`sweep.raypool.RayPool` on a private local Ray, one actor per CPU); one run
    per actor first, untimed, so that actor start-up is not charged.
 
 Every measurement is a row of `results/bench.parquet` (written atomically,
 with `schema_version` in its metadata; `repetition` numbers the pairs). The
-last line printed is `speedup: N.Nx`, the median over the pairs of population
-runs/s over plain-fit runs/s::
+last two lines printed are `speedup_cached: N.Nx` and `speedup: N.Nx`::
 
     sweep bench --quick                                   # doctest: +SKIP
 """
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import resource
 import socket
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -59,8 +66,9 @@ QUICK_GRID = {"learning_rate": [0.001, 0.01, 0.1, 1.0], "clipnorm": ["none", 1.0
               "activation": ["relu"]}
 SCHEMA_VERSION = "2"
 REPEATS = 3
-# The two measurements taken as back-to-back pairs; their ratio is the speedup.
-PAIRED = ("population", "plain_fit")
+# The measurements taken back to back in each repetition; population and population_cached
+# over plain_fit are the two speedups.
+PAIRED = ("population", "plain_fit", "population_cached")
 
 COLUMNS = pa.schema([
     ("measurement", pa.string()),
@@ -152,10 +160,11 @@ def training_flops(study: Study, outcomes) -> float:
     return total
 
 
-def population(study: Study, runs: list[Run], ceiling: float) -> Measurement:
-    from .engines.population import CPU_MAX_K, PopulationEngine, concurrent_populations, forget
+def population(study: Study, runs: list[Run], ceiling: float, name: str = "population") -> Measurement:
+    """One pass of the population engine over `runs`, in this process as it is."""
+    from .engines.population import CPU_MAX_K, PopulationEngine, concurrent_populations
+    from .xla import active
 
-    forget()  # from cold every time, whatever an earlier pass compiled
     engine = PopulationEngine()
     t0 = time.perf_counter()
     outcomes = engine.train(study, runs)
@@ -164,10 +173,40 @@ def population(study: Study, runs: list[Run], ceiling: float) -> Measurement:
     if failed:
         raise RuntimeError(f"population engine: {len(failed)} runs failed, first: {failed[0]!r}")
     gflops = training_flops(study, list(zip(runs, outcomes))) / seconds / 1e9
-    return Measurement("population", len(runs), seconds, gflop_per_s=gflops, ceiling_fraction=gflops / ceiling,
+    cache = "compile cache filled by the pass before" if name.endswith("cached") else "empty compile cache"
+    return Measurement(name, len(runs), seconds, gflop_per_s=gflops, ceiling_fraction=gflops / ceiling,
                        peak_rss_mib=peak_rss_mib(),
-                       detail=f"whole set, cold (XLA compiles included); K <= {CPU_MAX_K}, "
-                              f"{concurrent_populations()} populations at a time")
+                       detail=f"whole set in a fresh process, {cache if active() else 'compile cache off'}; "
+                              f"K <= {CPU_MAX_K}, {concurrent_populations()} populations at a time")
+
+
+def population_process(quick: bool, ceiling: float, cache: str, name: str) -> Measurement:
+    """`population` in a fresh Python process whose compile cache is `cache`."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .xla import ENV
+
+    env = {**os.environ, ENV: cache}
+    env.pop("TF_XLA_FLAGS", None)  # the child's cache is `cache`, whatever this process uses
+    code = ("import json, sys; from sweep.bench import _child; "
+            f"print(json.dumps(_child({quick!r}, {ceiling!r}, {name!r})))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} pass failed:\n{done.stderr[-4000:]}")
+    return Measurement(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _child(quick: bool, ceiling: float, name: str) -> dict:
+    from dataclasses import asdict
+
+    from .cluster import import_tensorflow
+
+    import_tensorflow()
+    study = bench_study(quick)
+    return asdict(population(study, study.plan(), ceiling, name))
 
 
 def plain_fit(study: Study, runs: list[Run], warm_up: bool = True) -> Measurement:
@@ -235,10 +274,15 @@ def run_bench(quick: bool = False, results: str | Path = "results",
     measurements = [ceiling]
     repeats = 1 if quick else REPEATS
     for r in range(repeats):
-        progress(f"pair {r + 1}/{repeats}: population engine, {len(runs)} runs x {study.epochs} epochs")
-        measurements.append(replace(population(study, runs, ceiling.gflop_per_s), repetition=r))
-        progress(f"pair {r + 1}/{repeats}: plain model.fit loop, {len(few)} runs")
-        measurements.append(replace(plain_fit(study, few, warm_up=r == 0), repetition=r))
+        with tempfile.TemporaryDirectory(prefix="sweep-bench-cache-") as cache:
+            progress(f"{r + 1}/{repeats}: population engine, {len(runs)} runs x {study.epochs} epochs, cold")
+            measurements.append(replace(population_process(quick, ceiling.gflop_per_s, cache, "population"),
+                                        repetition=r))
+            progress(f"{r + 1}/{repeats}: plain model.fit loop, {len(few)} runs")
+            measurements.append(replace(plain_fit(study, few, warm_up=r == 0), repetition=r))
+            progress(f"{r + 1}/{repeats}: population engine again, compile cache filled")
+            measurements.append(replace(population_process(quick, ceiling.gflop_per_s, cache, "population_cached"),
+                                        repetition=r))
     progress(f"keras engine through the worker pool: {len(few)} runs")
     measurements.append(keras_pool(study, few))
 
@@ -264,18 +308,18 @@ def write(rows: list[dict], path: Path) -> None:
     write_atomic(table, path)
 
 
-def pair_speedups(measurements: list[Measurement]) -> list[float]:
-    """Population runs/s over plain-fit runs/s, for each pair measured back to back."""
-    pop, fit = ({m.repetition: m for m in measurements if m.measurement == name} for name in PAIRED)
+def pair_speedups(measurements: list[Measurement], name: str = "population") -> list[float]:
+    """`name`'s runs/s over plain-fit runs/s, for each repetition measured back to back."""
+    pop, fit = ({m.repetition: m for m in measurements if m.measurement == n} for n in (name, "plain_fit"))
     return [pop[r].runs_per_s / fit[r].runs_per_s for r in sorted(pop)]
 
 
-def speedup(measurements: list[Measurement]) -> float:
-    """The median of the pairs' speedups.
+def speedup(measurements: list[Measurement], name: str = "population") -> float:
+    """The median over the repetitions of `name`'s speedup (population: cold; population_cached).
 
     >>> pairs = [Measurement("population", 792, s, repetition=r) for r, s in enumerate([20.0, 24.0, 18.0])]
     >>> pairs += [Measurement("plain_fit", 12, s, repetition=r) for r, s in enumerate([30.0, 33.0, 30.0])]
     >>> [round(x, 1) for x in pair_speedups(pairs)], round(speedup(pairs), 1)
     ([99.0, 90.8, 110.0], 99.0)
     """
-    return float(np.median(pair_speedups(measurements)))
+    return float(np.median(pair_speedups(measurements, name)))

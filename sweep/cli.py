@@ -6,6 +6,7 @@ what is allowed; nothing is written), 1 anything else.
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 import time
@@ -53,8 +54,15 @@ MAX_RUNS_OPTION = click.option("--max-runs", type=click.IntRange(min=1), default
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stability-sweep")
-def main() -> None:
+@click.option("--no-compile-cache", is_flag=True,
+              help="Compile every program afresh: no reuse of XLA programs compiled by earlier "
+                   "processes (the same as SWEEP_COMPILE_CACHE=off).")
+def main(no_compile_cache: bool) -> None:
     """Measure where TensorFlow training is stable."""
+    if no_compile_cache:
+        from .xla import ENV
+
+        os.environ[ENV] = "off"  # this process and the workers it starts (they inherit it)
 
 
 @main.command()
@@ -262,8 +270,9 @@ def reproduce(quick: bool, results_dir: str, engine: str | None) -> None:
 @click.option("--quick", is_flag=True, help="CI form: 8 configurations, 3 epochs, 2 runs in the loops (not reference figures).")
 @click.option("--results", "results_dir", default="results", show_default=True, help="bench.parquet goes here.")
 def bench(quick: bool, results_dir: str) -> None:
-    """Time the population engine, the keras engine through the pool and the plain Keras loop on
-    the same configurations; the last line is `speedup: N.Nx` (population / plain loop)."""
+    """Time the population engine (cold, and with its compiled programs cached), the keras engine
+    through the pool and the plain Keras loop on the same configurations; the last lines are
+    `speedup_cached: N.Nx` and `speedup: N.Nx` (population / plain loop)."""
     from .bench import PAIRED, pair_speedups, run_bench, speedup
 
     measurements = run_bench(quick=quick, results=results_dir, progress=lambda s: click.echo(s, err=True))
@@ -281,9 +290,11 @@ def bench(quick: bool, results_dir: str) -> None:
                       f"{m.ceiling_fraction:.0%}" if m.ceiling_fraction else "-",
                       f"{m.peak_rss_mib:.0f}" if m.peak_rss_mib else "-")
     console.print(table)
-    pairs = pair_speedups(measurements)
-    if len(pairs) > 1:
-        click.echo(f"pairs (population N / plain_fit N): {', '.join(f'{x:.1f}x' for x in pairs)}; median below")
+    for name in ("population_cached", "population"):
+        pairs = pair_speedups(measurements, name)
+        if len(pairs) > 1:
+            click.echo(f"{name} N / plain_fit N: {', '.join(f'{x:.1f}x' for x in pairs)}; median below")
+    click.echo(f"speedup_cached: {speedup(measurements, 'population_cached'):.1f}x")
     click.echo(f"speedup: {speedup(measurements):.1f}x")
 
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from . import xla
+
 # The longest temp root that still leaves room for Ray's
 # <root>/session_<date>_<time>_<pid>/sockets/plasma_store under the socket limit.
 MAX_TEMP_ROOT = 40
@@ -77,13 +79,15 @@ _NOISE = re.compile(rb"^(I\d{4} |WARNING: All log messages before absl::Initiali
 
 def import_tensorflow(threads: int | None = None):
     """Import and set up TensorFlow: its start-up INFO chatter dropped (warnings and errors
-    still show), GPU memory growth on, `threads` CPU threads per op pool if given.
+    still show), GPU memory growth on, `threads` CPU threads per op pool if given, XLA's flags
+    and compile cache set (`sweep.xla`).
 
     The chatter is written by C++ straight to file descriptor 2, so it is caught there.
     Settings only take before TensorFlow's first op, so a process imports it here first."""
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
     quiet_environment()
+    xla.configure()  # TensorFlow reads XLA's flags at its first op
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as caught:

@@ -22,11 +22,13 @@ batch, sized by `pool.batch_size`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from . import xla
 from .engines import Engine
 from .pool import batch_size
 from .reports import rows_for
@@ -105,7 +107,11 @@ class Actors:
         self.slots = []
 
     def _start(self) -> Slot:
-        actor = self.worker_class.options(**self.placement.options, max_restarts=0).remote(
+        # Workers of a cluster do not inherit the driver's environment: the compile cache's
+        # setting, if the user gave one, goes with them.
+        setting = {k: os.environ[k] for k in (xla.ENV,) if k in os.environ}
+        env = {"runtime_env": {"env_vars": setting}} if setting else {}
+        actor = self.worker_class.options(**self.placement.options, **env, max_restarts=0).remote(
             self.study, self.engine, self.placement.threads)
         return Slot(actor=actor, starting=actor.describe.remote())
 

@@ -13,13 +13,17 @@ from sweep.cli import main
 def test_bench_quick_writes_every_measurement(tmp_path):
     result = CliRunner().invoke(main, ["bench", "--quick", "--results", str(tmp_path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert re.fullmatch(r"speedup: \d+\.\dx", result.output.strip().splitlines()[-1])
+    *_, cached_line, last = result.output.strip().splitlines()
+    assert re.fullmatch(r"speedup: \d+\.\dx", last)
+    assert re.fullmatch(r"speedup_cached: \d+\.\dx", cached_line)
     table = pq.read_table(tmp_path / "bench.parquet")
     assert table.schema.metadata[b"schema_version"] == b"2"
     rows = {r["measurement"]: r for r in table.to_pylist()}
-    assert set(rows) == {"matmul_ceiling", "population", "plain_fit", "keras_pool"}
-    assert table.num_rows == 4 and {r["repetition"] for r in table.to_pylist()} == {0}  # --quick: one pair
-    assert rows["population"]["runs"] == 8 and rows["plain_fit"]["runs"] >= 2
+    assert set(rows) == {"matmul_ceiling", "population", "plain_fit", "population_cached", "keras_pool"}
+    assert table.num_rows == 5 and {r["repetition"] for r in table.to_pylist()} == {0}  # --quick: one pair
+    assert rows["population"]["runs"] == rows["population_cached"]["runs"] == 8 and rows["plain_fit"]["runs"] >= 2
+    assert "empty compile cache" in rows["population"]["detail"]
+    assert "filled by the pass before" in rows["population_cached"]["detail"]
     assert rows["matmul_ceiling"]["gflop_per_s"] > 0 and 0 < rows["population"]["ceiling_fraction"] < 1
 
 

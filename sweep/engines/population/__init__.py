@@ -38,11 +38,11 @@ module whose code calls it (`sizing.available_host_memory`, `train.initial_model
 
 from .engine import PopulationEngine, shared_activations
 from .model import Architecture, Unsupported, initial_model
-from .program import Program, ProgramShape, forget, program
+from .program import Program, ProgramShape, program
 from .sizing import CPU_MAX_K, GPU_MAX_K, concurrent_populations, population_size, populations
 from .step import SLOTS, Step
 from .train import pad_last_batch, train_population
 
 __all__ = ["CPU_MAX_K", "GPU_MAX_K", "SLOTS", "Architecture", "PopulationEngine", "Program", "ProgramShape", "Step",
-           "Unsupported", "concurrent_populations", "forget", "initial_model", "pad_last_batch", "population_size",
+           "Unsupported", "concurrent_populations", "initial_model", "pad_last_batch", "population_size",
            "populations", "program", "shared_activations", "train_population"]

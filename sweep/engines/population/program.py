@@ -3,7 +3,8 @@
 A program serves the runs that share an example, batch size, loss and optimizer kind (those
 change its ops or shapes); `ProgramShape` names everything else its trace depends on. One
 trace serves every population size K and batch size, and XLA compiles it once per (K, batch
-size); `program` keeps compiled programs for the life of the worker, `forget` drops them.
+size); `program` keeps compiled programs for the life of the worker, and XLA's compile cache
+(`sweep.xla`) keeps them for the next process.
 An epoch is one `tf.while_loop` over `step.Step`, with the keras engine's per-epoch
 bookkeeping (`tally`) done inside the compiled loop, so the host sees one call per epoch::
 
@@ -19,24 +20,14 @@ bookkeeping (`tally`) done inside the compiled loop, so the host sees one call p
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
-from .model import Architecture, built_model
+from ... import xla
+from .model import Architecture
 from .step import SLOTS, Step, forward
 
-# XLA's CPU tree-reduction rewrite turns each per-run reduction (gradient norm, finiteness test)
-# into a reduce-window with a materialised intermediate, several times slower than the plain
-# reduction; only the summation order of reductions changes. XLA reads its flags at its first
-# compilation, so they are set on import, before the engine compiles anything.
-_NO_TREE = "--xla_disable_hlo_passes=tree_reduction_rewriter"
-# LLVM's optimisation level 1 for XLA's CPU code instead of 3 compiles faster and runs this
-# program's steps faster; only code generation changes (where a multiply and an add contract
-# into one FMA), so values move by rounding only.
-_LLVM_O1 = "--xla_backend_optimization_level=1"
-for _flag in (_NO_TREE, _LLVM_O1):
-    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
+# XLA's flags and its compile cache are set up before TensorFlow's first op (`sweep.xla`).
+xla.configure()
 
 
 @dataclass(frozen=True)
@@ -50,6 +41,14 @@ class ProgramShape:
     n: int  # training-set size
     clip_kinds: frozenset
     jit: bool
+
+    def key(self) -> str:
+        """What the program is, in words that are the same in every process (activation functions
+        by their qualified names, not their addresses): `xla.stable_names` numbers its
+        trace from it."""
+        archs = [(a.shapes, [f"{f.__module__}.{f.__qualname__}" for f in a.activations], a.accuracy)
+                 for a in self.archs]
+        return repr((archs, self.loss, self.optimizer, self.n, sorted(self.clip_kinds), self.jit))
 
 
 def tally(stats: dict, alive, finite, acted, loss, acc, norm, size, iteration) -> dict:
@@ -99,6 +98,23 @@ class Program:
             theta, {name: theta for name in SLOTS[shape.optimizer]}, tf.TensorSpec([None], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([None, None, None], tf.int32), x, y, choice,
             per_run, per_run, per_run, per_run])
+        # Traced now, under names that are the same in every process, so that an executable
+        # XLA compiled for it in another process is found in the compile cache.
+        with xla.stable_names(shape.key()):
+            self.epoch.get_concrete_function()
+        self.compiled: set[tuple[int, int]] = set()
+
+    def run_epoch(self, theta, slots, alive, first_step, order, *rest):
+        """`epoch` (see `_epoch`); the first call for each (K, batch size) compiles, and the cache
+        entry XLA wrote for it is sealed (`xla.seal`) once it has run."""
+        out = self.epoch(theta, slots, alive, first_step, order, *rest)
+        shape = tuple(order.shape[::2])
+        if shape not in self.compiled:
+            self.compiled.add(shape)
+            d = xla.active()
+            if d is not None and self.shape.jit:
+                xla.seal(d)
+        return out
 
     def _initial(self, theta: list, x, y, choice):
         """l0 and the initial accuracy of every run on its whole training set x [K, n, features];
@@ -147,10 +163,3 @@ class Program:
 def program(shape: ProgramShape) -> Program:
     """Compiled programs live as long as the worker: later batches of the same group reuse them."""
     return Program(shape)
-
-
-def forget() -> None:
-    """Drop the compiled programs and the Keras builds, so that the next call starts cold (as
-    `sweep bench` times it)."""
-    program.cache_clear()
-    built_model.cache_clear()

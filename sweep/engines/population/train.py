@@ -135,7 +135,7 @@ def train_epochs(study: Study, p: Population, outcomes: list[Outcome], alive: np
         perms = {s: batch_order(s, epoch, p.n) for s in {r.seed for r in p.runs}}
         order = np.stack([p.offset[k] + perms[p.runs[k].seed] for k in range(K)]).astype(np.int32)
         order = pad_last_batch(order, B).reshape(K, n_steps, B)
-        theta, slots, alive_t, stats, step_norms = p.program.epoch(
+        theta, slots, alive_t, stats, step_norms = p.program.run_epoch(
             theta, slots, alive_t, tf.constant(steps_done, tf.int32), tf.constant(order), p.x, p.y, p.choice,
             tf.constant(lr), *p.thresholds)
         stats = {name: t.numpy() for name, t in stats.items()}
