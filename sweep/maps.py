@@ -83,6 +83,7 @@ BOUNDARY_COLUMNS = pa.schema(_IDENTITY + _SETTING_FIELDS + [
     ("edge_status", pa.string()),  # modal status at lr_unstable_min; with nothing stable, of all runs
     ("n_runs", pa.int64()),
     ("lr_sensitivity", pa.float64()),
+    ("lr_rangetest_suggestion", pa.float64()),  # the LR range test's suggestion (sweep lrfind; null: not run)
 ])
 
 
@@ -184,7 +185,8 @@ def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
                   for c in range(i, j)]
         means = capped_mean[i:j][n[i:j] > 0]
         boundary.append({**edge(per_lr), "n_runs": int(runs_per_cell[i:j].sum()),
-                         "lr_sensitivity": float(means.mean() - means.min()) if len(means) else math.nan})
+                         "lr_sensitivity": float(means.mean() - means.min()) if len(means) else math.nan,
+                         "lr_rangetest_suggestion": None})
     columns = {name: columns[name][starts] for name in ("study", "example", *SETTING_AXES)}
     columns.update({name: [b[name] for b in boundary] for name in boundary[0]})
     return map_table, _columns_table(columns, len(starts), BOUNDARY_COLUMNS)
@@ -318,6 +320,10 @@ def write(study_dir: str | os.PathLike, trials: pd.DataFrame | None = None) -> t
     out = Path(study_dir)
     # A session that recorded nothing yet still leaves (empty) maps, so readers find the files.
     map_table, boundary_table = _tables(recorded(out, MAP_INPUT) if trials is None else trials)
+    # Imported here: lrfind reads the maps, and the boundary takes its suggestions from lrfind.parquet.
+    from .lrfind import with_suggestions
+
+    boundary_table = with_suggestions(out, boundary_table)
     write_atomic(map_table, out / MAP_FILE)
     faults.point("maps")
     write_atomic(boundary_table, out / BOUNDARY_FILE)
