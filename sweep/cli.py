@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import reports
-from .lrfind import DEFAULT_RULE, RULES
+from .lrfind import DEFAULT_RULE, LRFIND_FILE, RULES
 from .spec import MAX_RUNS, SpecError, load
 from .tables import SMALL_STUDY, cell_text, edge_move, map_table, pivot_axes, pivot_table, top_axes
 from .verdict import STATUSES
@@ -296,7 +296,7 @@ def bench(quick: bool, results_dir: str) -> None:
 def lrfind(study_file: str, results_dir: str, rule: str) -> None:
     """The LR range test of every setting of STUDY_FILE, beside the edge the sweep measured;
     writes RESULTS/<study>/lrfind.parquet (and the suggestion into boundary.parquet)."""
-    from . import lrfind as rangetest
+    from . import lrfind_study as rangetest
     from .study import StudyConflict
 
     s = _load_study(study_file)
@@ -309,7 +309,7 @@ def lrfind(study_file: str, results_dir: str, rule: str) -> None:
     Console(width=max(console.width, 140)).print(
         rangetest.table(comparison, f"{out}: LR range test ({rule}) against the measured edge"))
     click.echo(rangetest.summary(comparison))
-    click.echo(f"wrote {out / rangetest.LRFIND_FILE}")
+    click.echo(f"wrote {out / LRFIND_FILE}")
 
 
 def _recorded(study_dir: str):

@@ -76,20 +76,16 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .reports import SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, arrow_table, open_checked, write_atomic
+from .reports import TRIAL_COLUMNS, ResultsError, arrow_table, open_checked, typed
 from .spec import SETTING_AXES, Config, Study
-from .spec import format_value as _fmt
-
-if TYPE_CHECKING:
-    from rich.table import Table
 
 LRFIND_FILE = "lrfind.parquet"
 BOUNDARY_COLUMN = "lr_rangetest_suggestion"
@@ -346,7 +342,7 @@ def setting_key(values) -> tuple:
     return tuple(out)
 
 
-def _row(study: Study, config: Config, rule: Rule, seed: int, c: Curve) -> dict:
+def lrfind_row(study: Study, config: Config, rule: Rule, seed: int, c: Curve) -> dict:
     return {"study": study.name, "example": study.example, **{a: getattr(config, a) for a in SETTING_AXES},
             "rule": rule.name, "seed": seed, "start_lr": rule.start_lr, "end_lr": rule.end_lr,
             "num_it": rule.num_it, "steps": c.steps, "stopped_on_divergence": c.stopped_on_divergence,
@@ -355,7 +351,7 @@ def _row(study: Study, config: Config, rule: Rule, seed: int, c: Curve) -> dict:
             "curve_lr": c.lrs.tolist(), "curve_loss": c.losses.tolist(), "curve_smoothed_loss": c.smoothed.tolist()}
 
 
-def _read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
     try:
         return open_checked(path, LRFIND_COLUMNS).read(columns=LRFIND_COLUMNS.names).cast(LRFIND_COLUMNS).to_pylist()
     except ResultsError as exc:
@@ -365,80 +361,6 @@ def _read_rows(path: Path) -> list[dict]:
             from None
 
 
-def load_lrfind(study_dir: str | os.PathLike) -> pd.DataFrame:
-    """`lrfind.parquet` of a study directory, axes as categoricals like `load_boundary`."""
-    from .maps import typed_map
-
-    path = Path(study_dir) / LRFIND_FILE
-    if not path.is_file():
-        raise ResultsError(f"{path}: no such file; `sweep lrfind STUDY.toml` writes it")
-    return typed_map(arrow_table(_read_rows(path), LRFIND_COLUMNS))
-
-
-def settings(study: Study) -> list[Config]:
-    """One configuration per setting of the study (its learning rate irrelevant), in plan order."""
-    seen: dict[tuple, Config] = {}
-    for c in study.configs():
-        seen.setdefault(c.setting(), c)
-    return list(seen.values())
-
-
-def run_study(study: Study, results: str | os.PathLike, rule_name: str = DEFAULT_RULE,
-              progress: Callable[[str], None] | None = None) -> Path:
-    """Run the range test on every setting of `study` not yet in `RESULTS/<study>/lrfind.parquet`
-    under this rule and seed, writing the file after each; then, if the study has trials, rebuild
-    its maps (whose boundary takes the suggestions from this file). Returns the study directory."""
-    from . import maps
-    from .cluster import import_tensorflow
-    from .study import prepare_dir
-
-    rule, seed = RULES[rule_name], study.seeds[0]
-    out = prepare_dir(study, results)
-    path = out / LRFIND_FILE
-    kept = {setting_key(r): r for r in (_read_rows(path) if path.is_file() else [])
-            if r["rule"] == rule.name and r["seed"] == seed and r["num_it"] == rule.num_it}
-    todo = [c for c in settings(study) if setting_key(_axes(c)) not in kept]
-    rows = [kept[k] for k in (setting_key(_axes(c)) for c in settings(study)) if k in kept]
-    if progress and kept:
-        progress(f"{study.name}: {len(rows)} settings already in {path}")
-    if todo:
-        import_tensorflow()
-    shared: dict[tuple, Curve] = {}  # settings that differ only in schedule share one test
-    for n, config in enumerate(todo, 1):
-        unscheduled = setting_key({**_axes(config), "schedule": None})
-        if unscheduled not in shared:
-            shared[unscheduled] = range_test(study, config, seed, rule)
-        curve = shared[unscheduled]
-        rows.append(_row(study, config, rule, seed, curve))
-        write_atomic(arrow_table(rows, LRFIND_COLUMNS), path)
-        if progress:
-            progress(f"{study.name}: setting {n}/{len(todo)}: {_setting_text(config)}: suggestion "
-                     f"{_fmt(curve.suggestion) if curve.suggestion else 'none'} ({curve.steps} steps, "
-                     f"{curve.wall_seconds:.1f} s)")
-    if todo and (out / "trials").is_dir():
-        maps.write(out)
-    return out
-
-
-def complete(study: Study, results: str | os.PathLike, rule_name: str = DEFAULT_RULE) -> bool:
-    """Whether `lrfind.parquet` already holds every setting of the study under this rule and seed."""
-    path = Path(results) / study.name / LRFIND_FILE
-    if not path.is_file():
-        return False
-    rule = RULES[rule_name]
-    have = {setting_key(r) for r in _read_rows(path) if r["rule"] == rule.name and r["seed"] == study.seeds[0]
-            and r["num_it"] == rule.num_it}
-    return all(setting_key(_axes(c)) in have for c in settings(study))
-
-
-def _axes(config: Config) -> dict:
-    return {a: getattr(config, a) for a in SETTING_AXES}
-
-
-def _setting_text(config: Config) -> str:
-    return ", ".join(f"{a}={_fmt(getattr(config, a))}" for a in SETTING_AXES)
-
-
 def with_suggestions(study_dir: str | os.PathLike, boundary: pa.Table) -> pa.Table:
     """`boundary` with `lr_rangetest_suggestion` filled from the study's `lrfind.parquet`, if any
     (settings it does not hold stay null). `maps.write` calls this, so a rebuilt boundary keeps
@@ -446,175 +368,15 @@ def with_suggestions(study_dir: str | os.PathLike, boundary: pa.Table) -> pa.Tab
     path = Path(study_dir) / LRFIND_FILE
     if not path.is_file() or boundary.num_rows == 0:
         return boundary
-    found = {setting_key(r): r["suggestion"] for r in _read_rows(path)}
+    found = {setting_key(r): r["suggestion"] for r in read_rows(path)}
     values = [found.get(setting_key(r)) for r in boundary.select(list(SETTING_AXES)).to_pylist()]
     i = boundary.schema.get_field_index(BOUNDARY_COLUMN)
     return boundary.set_column(i, boundary.schema.field(i), pa.array(values, pa.float64()))
 
 
-# What the suggestion is, against the measured edge of its setting.
-PLACES = ("below the stable range", "stable side", "in the bracket", "beyond the edge", "above the grid",
-          "nothing stable", "no suggestion", "not measured")
-
-
-def placement(suggestion: float | None, b: dict | None) -> str:
-    """Where a suggestion lies against a setting's measured edge (`b`: its boundary row).
-
-    >>> b = {"lr_stable_min": 1e-3, "lr_stable_max": 0.01, "lr_unstable_min": 0.03}
-    >>> [placement(s, b) for s in (1e-4, 3e-3, 0.02, 0.05)]
-    ['below the stable range', 'stable side', 'in the bracket', 'beyond the edge']
-    """
-    if b is None:
-        return "not measured"
-    if suggestion is None:
-        return "no suggestion"
-    low, high, unstable = (_num(b.get(k)) for k in ("lr_stable_min", "lr_stable_max", "lr_unstable_min"))
-    if low is None:
-        return "nothing stable"
-    if suggestion < low:
-        return "below the stable range"
-    if suggestion <= high:
-        return "stable side"
-    if unstable is None:
-        return "above the grid"
-    return "in the bracket" if suggestion < unstable else "beyond the edge"
-
-
-def _num(v) -> float | None:
-    return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-@dataclass
-class Comparison:
-    """Per setting: the range test's suggestion beside the measured edge (one dict per setting)."""
-
-    rows: list[dict] = field(default_factory=list)
-    measured: bool = False
-
-
-def compare(study_dir: str | os.PathLike) -> Comparison:
-    """The study's range tests joined with its boundary and map (if measured): per setting its
-    axes, rule, suggestion, how the test ended, the edge bracket, P(stable) with its Wilson
-    interval at both ends of the bracket, the ratio suggestion / lr_stable_max and `placement`.
-    The boundary's optional curvature predictions (lr_predicted_init, lr_predicted_early) come
-    along when the file has them."""
-    import pyarrow.parquet as pq
-
-    from . import maps
-
-    out = Path(study_dir)
-    tests = _read_rows(out / LRFIND_FILE)
-    boundary, cells = {}, {}
-    measured = (out / maps.BOUNDARY_FILE).is_file() and (out / maps.MAP_FILE).is_file()
-    if measured:
-        # Read whole: columns other reports add to the boundary (curvature predictions) come along.
-        for r in pq.read_table(out / maps.BOUNDARY_FILE).to_pylist():
-            boundary[setting_key(r)] = r
-        for r in maps.load_map(out).astype(object).to_dict("records"):
-            cells[setting_key(r), float(r["learning_rate"])] = r
-    rows = []
-    for t in tests:
-        key = setting_key(t)
-        b = boundary.get(key)
-        row = {**{a: t[a] for a in SETTING_AXES}, "rule": t["rule"], "suggestion": t["suggestion"],
-               "steps": t["steps"], "stopped_on_divergence": t["stopped_on_divergence"],
-               "first_nonfinite_step": t["first_nonfinite_step"], "place": placement(t["suggestion"], b)}
-        for k in ("lr_stable_min", "lr_stable_max", "lr_unstable_min", "edge_status", "lr_predicted_init",
-                  "lr_predicted_early"):
-            row[k] = None if b is None else b.get(k)
-        for end in ("lr_stable_max", "lr_unstable_min"):
-            cell = cells.get((key, row[end])) if row[end] is not None else None
-            row[f"p_{end}"] = None if cell is None else (cell["p_stable"], cell["p_low"], cell["p_high"])
-        high = _num(row["lr_stable_max"])
-        row["ratio"] = t["suggestion"] / high if t["suggestion"] and high else None
-        rows.append(row)
-    return Comparison(rows, measured)
-
-
-def _p_text(p) -> str:
-    return "-" if p is None else f"{p[0]:.2g} [{p[1]:.2g}, {p[2]:.2g}]"
-
-
-def bracket_text(row: dict) -> str:
-    if row["lr_stable_max"] is None:
-        return "nothing stable" if row["place"] == "nothing stable" else "not measured"
-    return f"[{_fmt(row['lr_stable_max'])}, {_fmt(row['lr_unstable_min']) if row['lr_unstable_min'] else '-'}]"
-
-
-def stop_text(row: dict) -> str:
-    if row["stopped_on_divergence"]:
-        return f"div. {row['steps']}"
-    if row["first_nonfinite_step"] is not None:
-        return f"NaN {row['first_nonfinite_step'] + 1}"
-    return f"ran {row['steps']}"
-
-
-def varying(rows: list[dict]) -> list[str]:
-    return [a for a in SETTING_AXES if len({setting_key(r)[SETTING_AXES.index(a)] for r in rows}) > 1]
-
-
-def table(comparison: Comparison, title: str) -> "Table":
-    """What `sweep lrfind` prints: one row per setting."""
-    from .tables import _table
-
-    axes = varying(comparison.rows)
-    rows = [[*(_fmt(r[a]) for a in axes), _short(r["suggestion"]), stop_text(r), bracket_text(r),
-             _p_short(r["p_lr_stable_max"]), _p_short(r["p_lr_unstable_min"]), _short(r["ratio"]), r["place"]]
-            for r in comparison.rows]
-    columns = [(a.replace("_", "\n"), "right") for a in axes] + [
-        ("suggestion", "right"), ("test", "left"), ("measured\nedge", "right"), ("P(stable)\nat stable", "right"),
-        ("P(stable)\nbeyond", "right"), ("ratio", "right"), ("where", "left")]
-    caption = ("suggestion: the range test's learning rate; test: batches it trained and how it ended (ran: to "
-               "the end; div.: stopped by its divergence rule; NaN: at the first non-finite loss). measured edge: [largest stable, "
-               "first non-stable learning rate] of the full sweep, with P(stable) over seeds and its 95 % Wilson "
-               "interval at each end. ratio: suggestion / largest stable. where: the suggestion against the edge")
-    return _table(title, caption, columns, rows, folds="where")
-
-
-def _short(v) -> str:
-    return "-" if _num(v) is None else f"{v:.3g}"
-
-
-def _p_short(p) -> str:
-    """P(stable) and its interval, leading zeros dropped to fit a terminal: 1 [.44,1]."""
-    if p is None:
-        return "-"
-    return " ".join(f"{x:.2g}".removeprefix("0") or "0" for x in p[:1]) + " [" + ",".join(
-        f"{x:.2g}".removeprefix("0") if x not in (0, 1) else f"{x:.0f}" for x in p[1:]) + "]"
-
-
-def summary(comparison: Comparison) -> str:
-    """One sentence: how often the suggestion lies on the stable side, by what factor."""
-    rows = [r for r in comparison.rows if r["ratio"] is not None]
-    if not comparison.measured:
-        return "no measured edge yet (`sweep run` the study, then run `sweep lrfind` again to compare)"
-    if not rows:
-        return "no setting has both a suggestion and a stable learning rate to compare"
-    below = sum(r["suggestion"] <= r["lr_stable_max"] for r in rows)
-    beyond = sum(r["place"] == "beyond the edge" for r in rows)
-    ratios = np.array([r["ratio"] for r in rows])
-    return (f"suggestion at or below the largest stable learning rate in {below} of {len(rows)} settings, beyond "
-            f"the edge in {beyond}; suggestion / largest stable: median {np.median(ratios):.3g} "
-            f"(range {ratios.min():.3g} to {ratios.max():.3g})")
-
-
-def report_md(study_dir: str | os.PathLike) -> list[str]:
-    """REPORT.md's table for one study: per setting the range test's suggestion, the curvature
-    predictions (if the boundary has them) and the measured edge with P(stable) at its ends."""
-    c = compare(study_dir)
-    if not c.rows:
-        return []
-    axes = varying(c.rows)
-    rule = c.rows[0]["rule"]
-    head = axes + [f"range test ({rule})", "curvature, init", "curvature, early", "measured edge",
-                   "P(stable) at the edge", "suggestion / stable max", "where"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in c.rows:
-        curvature = [_fmt(r[k]) if _num(r[k]) is not None else "not measured"
-                     for k in ("lr_predicted_init", "lr_predicted_early")]
-        p = f"{_p_text(r['p_lr_stable_max'])} / {_p_text(r['p_lr_unstable_min'])}" if r["p_lr_stable_max"] else "-"
-        cells = [_fmt(r[a]) for a in axes] + [_fmt(r["suggestion"]) if r["suggestion"] else "none", *curvature,
-                                              bracket_text(r), p, f"{r['ratio']:.3g}" if r["ratio"] else "-",
-                                              r["place"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+def load_lrfind(study_dir: str | os.PathLike) -> pd.DataFrame:
+    """`lrfind.parquet` of a study directory, axes as categoricals like `load_trials`."""
+    path = Path(study_dir) / LRFIND_FILE
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such file; `sweep lrfind STUDY.toml` writes it")
+    return typed(arrow_table(read_rows(path), LRFIND_COLUMNS))

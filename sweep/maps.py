@@ -48,6 +48,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import faults
+from .lrfind import with_suggestions
 from .reports import (CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, arrow_table, load_trials,
                       open_checked, typed, write_atomic)
 from .spec import AXES, SETTING_AXES
@@ -320,10 +321,7 @@ def write(study_dir: str | os.PathLike, trials: pd.DataFrame | None = None) -> t
     out = Path(study_dir)
     # A session that recorded nothing yet still leaves (empty) maps, so readers find the files.
     map_table, boundary_table = _tables(recorded(out, MAP_INPUT) if trials is None else trials)
-    # Imported here: lrfind reads the maps, and the boundary takes its suggestions from lrfind.parquet.
-    from .lrfind import with_suggestions
-
-    boundary_table = with_suggestions(out, boundary_table)
+    boundary_table = with_suggestions(out, boundary_table)  # lrfind.parquet's, when the study has one
     write_atomic(map_table, out / MAP_FILE)
     faults.point("maps")
     write_atomic(boundary_table, out / BOUNDARY_FILE)

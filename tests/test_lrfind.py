@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from scripted_engine import ScriptedEngine
-from sweep import lrfind, maps
+from sweep import lrfind, lrfind_study, maps
 from sweep import study as driver
 from sweep.cli import main
 from sweep.lrfind import RULES, Tracker, schedule, suggest, trace
@@ -106,12 +106,14 @@ def test_lightning_steepest_is_in_the_learning_rate_not_its_log():
 
 def test_placement_against_the_edge():
     b = {"lr_stable_min": 1e-3, "lr_stable_max": 0.01, "lr_unstable_min": 0.03}
-    assert lrfind.placement(0.01, b) == "stable side"
-    assert lrfind.placement(0.03, b) == "beyond the edge"
-    assert lrfind.placement(1.0, {**b, "lr_unstable_min": None}) == "above the grid"
-    assert lrfind.placement(0.01, {**b, "lr_stable_min": None}) == "nothing stable"
-    assert lrfind.placement(None, b) == "no suggestion"
-    assert lrfind.placement(0.01, None) == "not measured"
+    assert lrfind_study.placement(0.01, b) == "stable side"
+    assert lrfind_study.placement(1e-4, b) == "below the stable range"
+    assert lrfind_study.placement(1e-4, b, grid_min=1e-3) == "below the grid"
+    assert lrfind_study.placement(0.03, b) == "beyond the edge"
+    assert lrfind_study.placement(1.0, {**b, "lr_unstable_min": None}) == "above the grid"
+    assert lrfind_study.placement(0.01, {**b, "lr_stable_min": None}) == "nothing stable"
+    assert lrfind_study.placement(None, b) == "no suggestion"
+    assert lrfind_study.placement(0.01, None) == "not measured"
 
 
 TINY = """
@@ -122,7 +124,7 @@ epochs = 1
 seeds = [0]
 engine = "keras"
 [grid]
-learning_rate = [0.01, 0.1, 1.0]
+learning_rate = [0.001, 0.1, 1.0]
 clipnorm = ["none", 1.0]
 schedule = ["constant", "plateau"]
 """
@@ -155,6 +157,7 @@ def test_lrfind_writes_one_row_per_setting_and_prints_the_comparison(tiny):
         assert np.array_equal(pair["curve_loss"].iloc[0], pair["curve_loss"].iloc[1], equal_nan=True)
     assert "[0.1, 1]" in result.output and "P(stable)" in result.output
     assert "suggestion at or below the largest stable learning rate in 4 of 4 settings" in result.output
+    assert "where: stable side 4" in result.output
 
 
 def test_boundary_takes_the_suggestion_and_keeps_it_when_rebuilt(tiny):
@@ -175,8 +178,8 @@ def test_second_lrfind_reuses_the_recorded_tests(tiny):
     assert result.exit_code == 0, result.output
     assert "4 settings already in" in result.output
     assert pq.read_table(root / "results" / "tiny" / lrfind.LRFIND_FILE).equals(before)
-    assert lrfind.complete(parse(TINY, str(path)), root / "results")
-    assert not lrfind.complete(parse(TINY, str(path)), root / "results", "lightning")
+    assert lrfind_study.complete(parse(TINY, str(path)), root / "results")
+    assert not lrfind_study.complete(parse(TINY, str(path)), root / "results", "lightning")
 
 
 def test_bad_input_exits_2_naming_what_is_wrong(tiny, tmp_path):
