@@ -1,15 +1,16 @@
-"""The learning-rate range test of fastai and Lightning, per setting, beside the measured edge.
+"""The learning-rate range test as fastai and Lightning define it, run on one setting with Keras.
 
 Practitioners pick a learning rate with one short run whose learning rate grows
 exponentially every batch, stopped when the loss blows up, and a rule that reads
-a suggestion off the loss curve. This module runs that test on each setting of a
-study (every axis but learning rate), with the setting's real Keras model,
-optimizer and clipping, and puts its suggestion beside the edge the full sweep
-measured (`boundary.parquet`), so a user can see whether the cheap test would
-have said the same.
+a suggestion off the loss curve. This module is that test, on a setting's real
+Keras model, optimizer and clipping, and its file `lrfind.parquet`, from which
+the study's boundary takes `lr_rangetest_suggestion` (`with_suggestions`);
+`lrfind_study` runs it on every setting of a study and compares it with the
+measured edge.
 
-The two rule sets, as their sources define them (read from the public code,
-fastai 2.7 and Lightning 2.5):
+The two rule sets, as their public sources define them (fastai master of the
+2.7 series; Lightning master after PR #21055, merged August 2025, which made
+the gradient one in the learning rate itself):
 
 * ``fastai``: ``Learner.lr_find(start_lr=1e-7, end_lr=10, num_it=100,
   stop_div=True, suggest_funcs=valley)`` (fastai/callback/schedule.py,
@@ -40,7 +41,10 @@ fastai 2.7 and Lightning 2.5):
   first 10 and last point, keeps the finite losses, and returns the learning
   rate of the most negative ``torch.gradient(losses, spacing=[lrs])``
   (the derivative in the learning rate itself, not its log; `np.gradient`
-  with the learning rates as coordinates is the same formula).
+  with the learning rates as coordinates is the same formula). Before PR
+  #21055 the gradient was taken per point, i.e. in log learning rate; an open
+  PR (#21171) proposes log10(lr) spacing again, and another (#21931) the even
+  first step.
 
 Here, as there, the loss of a batch is the model's own loss on that batch
 after the forward pass and before the update. Batches come in the setting's
