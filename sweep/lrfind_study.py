@@ -53,8 +53,7 @@ def run_study(study: Study, results: str | os.PathLike, rule_name: str = DEFAULT
     rule, seed = RULES[rule_name], study.seeds[0]
     out = prepare_dir(study, results)
     path = out / LRFIND_FILE
-    kept = {setting_key(r): r for r in (read_rows(path) if path.is_file() else [])
-            if r["rule"] == rule.name and r["seed"] == seed and r["num_it"] == rule.num_it}
+    kept = _recorded(path, study, rule_name)
     todo = [c for c in settings(study) if setting_key(_axes(c)) not in kept]
     rows = [kept[k] for k in (setting_key(_axes(c)) for c in settings(study)) if k in kept]
     if progress and kept:
@@ -80,13 +79,15 @@ def run_study(study: Study, results: str | os.PathLike, rule_name: str = DEFAULT
 
 def complete(study: Study, results: str | os.PathLike, rule_name: str = DEFAULT_RULE) -> bool:
     """Whether `lrfind.parquet` already holds every setting of the study under this rule and seed."""
-    path = Path(results) / study.name / LRFIND_FILE
-    if not path.is_file():
-        return False
-    rule = RULES[rule_name]
-    have = {setting_key(r) for r in read_rows(path) if r["rule"] == rule.name and r["seed"] == study.seeds[0]
-            and r["num_it"] == rule.num_it}
+    have = _recorded(Path(results) / study.name / LRFIND_FILE, study, rule_name)
     return all(setting_key(_axes(c)) in have for c in settings(study))
+
+
+def _recorded(path: Path, study: Study, rule_name: str) -> dict[tuple, dict]:
+    """The rows of `path` made by this rule with the study's first seed, by setting."""
+    rule = RULES[rule_name]
+    return {setting_key(r): r for r in (read_rows(path) if path.is_file() else [])
+            if r["rule"] == rule.name and r["seed"] == study.seeds[0] and r["num_it"] == rule.num_it}
 
 
 def _axes(config: Config) -> dict:
@@ -252,10 +253,10 @@ def report_md(study_dir: str | os.PathLike) -> list[str]:
                    "P(stable) at the edge", "suggestion / stable max", "where"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in c.rows:
-        curvature = [_fmt(r[k]) if _num(r[k]) is not None else "not measured"
+        curvature = [_short(r[k]) if _num(r[k]) is not None else "not measured"
                      for k in ("lr_predicted_init", "lr_predicted_early")]
         p = f"{_p_text(r['p_lr_stable_max'])} / {_p_text(r['p_lr_unstable_min'])}" if r["p_lr_stable_max"] else "-"
-        cells = [_fmt(r[a]) for a in axes] + [_fmt(r["suggestion"]) if r["suggestion"] else "none", *curvature,
+        cells = [_fmt(r[a]) for a in axes] + [_short(r["suggestion"]) if r["suggestion"] else "none", *curvature,
                                               bracket_text(r), p, f"{r['ratio']:.3g}" if r["ratio"] else "-",
                                               r["place"]]
         lines.append("| " + " | ".join(cells) + " |")
