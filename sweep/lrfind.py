@@ -88,6 +88,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from .engines import batch_order, make_optimizer, problem
 from .reports import TRIAL_COLUMNS, ResultsError, arrow_table, open_checked, typed
 from .spec import SETTING_AXES, Config, Study
 
@@ -104,8 +105,8 @@ class Rule:
     end_lr: float
     num_it: int
     stop_factor: float  # stop once the smoothed loss exceeds this multiple of the best
+    suggestion: str  # the rule that reads the curve: `valley` (fastai) or `steepest` (Lightning)
     beta: float = 0.98  # the loss's exponential smoothing
-    suggestion: str = ""  # the rule that reads the curve (`valley` or `steepest`)
 
 
 RULES: dict[str, Rule] = {
@@ -268,8 +269,6 @@ def trace(rule: Rule, batch_losses: Callable[[float], float]) -> Curve:
 
 def _batches(seed: int, n: int, batch_size: int):
     """The setting's batches, epoch after epoch, in the sweep's own order."""
-    from .engines import batch_order
-
     epoch = 1
     while True:
         order = batch_order(seed, epoch, n)
@@ -281,8 +280,6 @@ def _batches(seed: int, n: int, batch_size: int):
 def range_test(study: Study, config: Config, seed: int, rule: Rule) -> Curve:
     """The range test of one setting (`config`'s learning rate is ignored) on the keras engine's pieces."""
     import tensorflow as tf
-
-    from .engines import make_optimizer, problem
 
     started = time.perf_counter()
     p = problem(study, config, seed)

@@ -152,6 +152,11 @@ def test_lrfind_writes_one_row_per_setting_and_prints_the_comparison(tiny):
     assert len(df) == 4 and set(df["rule"]) == {"fastai"} and set(df["seed"]) == {0}
     assert (df["steps"] <= 100).all() and df["suggestion"].notna().all()
     assert all(len(c) == 100 for c in df["curve_lr"]) and all(len(c) == 100 for c in df["curve_smoothed_loss"])
+    # The learning rate grows every batch (at a constant 1e-7 the loss would stay near l0), and the
+    # setting's clipping is the optimizer's: the curves with and without clipnorm differ.
+    assert all(np.nanmax(c) > 3 * c[0] for c in df["curve_loss"])
+    by_clip = {clip: c for clip, c in zip(df["clipnorm"].fillna(0), df["curve_loss"])}
+    assert not np.array_equal(by_clip[0], by_clip[1.0], equal_nan=True)
     # The schedule is not part of the range test: the two schedules of a setting share one curve.
     for _, pair in df.groupby(df["clipnorm"].isna()):
         assert np.array_equal(pair["curve_loss"].iloc[0], pair["curve_loss"].iloc[1], equal_nan=True)
