@@ -99,8 +99,8 @@ def _setting_text(config: Config) -> str:
 
 
 # What the suggestion is, against the measured edge of its setting.
-PLACES = ("below the grid", "below the stable range", "stable side", "in the bracket", "beyond the edge", "above the grid",
-          "nothing stable", "no suggestion", "not measured")
+PLACES = ("below the grid", "below the stable range", "stable side", "in the bracket", "beyond the edge",
+          "above the grid", "nothing stable", "no suggestion", "not measured")
 
 
 def placement(suggestion: float | None, b: dict | None, grid_min: float | None = None) -> str:
@@ -161,7 +161,8 @@ def compare(study_dir: str | os.PathLike) -> Comparison:
         b = boundary.get(key)
         row = {**{a: t[a] for a in SETTING_AXES}, "rule": t["rule"], "suggestion": t["suggestion"],
                "steps": t["steps"], "stopped_on_divergence": t["stopped_on_divergence"],
-               "first_nonfinite_step": t["first_nonfinite_step"], "place": placement(t["suggestion"], b, grid_min.get(key))}
+               "first_nonfinite_step": t["first_nonfinite_step"], "measured": b is not None,
+               "place": placement(t["suggestion"], b, grid_min.get(key))}
         for k in ("lr_stable_min", "lr_stable_max", "lr_unstable_min", "edge_status", "lr_predicted_init",
                   "lr_predicted_early"):
             row[k] = None if b is None else b.get(k)
@@ -179,8 +180,10 @@ def _p_text(p) -> str:
 
 
 def bracket_text(row: dict) -> str:
+    if not row["measured"]:
+        return "not measured"
     if row["lr_stable_max"] is None:
-        return "nothing stable" if row["place"] == "nothing stable" else "not measured"
+        return "nothing stable"
     return f"[{_fmt(row['lr_stable_max'])}, {_fmt(row['lr_unstable_min']) if row['lr_unstable_min'] else '-'}]"
 
 
@@ -208,9 +211,10 @@ def table(comparison: Comparison, title: str) -> "Table":
         ("suggestion", "right"), ("test", "left"), ("measured\nedge", "right"), ("P(stable)\nat stable", "right"),
         ("P(stable)\nbeyond", "right"), ("ratio", "right"), ("where", "left")]
     caption = ("suggestion: the range test's learning rate; test: batches it trained and how it ended (ran: to "
-               "the end; div.: stopped by its divergence rule; NaN: at the first non-finite loss). measured edge: [largest stable, "
-               "first non-stable learning rate] of the full sweep, with P(stable) over seeds and its 95 % Wilson "
-               "interval at each end. ratio: suggestion / largest stable. where: the suggestion against the edge")
+               "the end; div.: stopped by its divergence rule; NaN: at the first non-finite loss). measured edge: "
+               "[largest stable, first non-stable learning rate] of the full sweep, with P(stable) over seeds and "
+               "its 95 % Wilson interval at each end. ratio: suggestion / largest stable. where: the suggestion "
+               "against the edge")
     return _table(title, caption, columns, rows, folds="where")
 
 
