@@ -44,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import maps, reports
+from . import lrfind_study, maps, reports
 from .catalog import EXAMPLES, Example, direct_evaluation
 from .claim_studies import KINDS, describe, fix_change, space_text, study_toml
 from .spec import SETTING_AXES, Study, config_from_dict, load, parse
@@ -325,6 +325,8 @@ def reproduce(results: str | os.PathLike = "results", quick: bool = False, engin
     for example_id, ex in EXAMPLES.items():
         done = {kind: _train(out, study_toml(ex, kind, quick, engine), quick, on_study) for kind in KINDS}
         (sweep, sweep_trials), (keras, keras_trials), (space, space_trials) = (done[k] for k in KINDS)
+        # The LR range test beside the edges the report shows; settings already tested are skipped.
+        lrfind_study.run_study(sweep, out)
         row = judge_claim(ex, keras_trials, sweep_trials, maps.build(sweep_trials)[1])
         row.update(study=keras.name, sweep_study=sweep.name, space_study=space.name)
         row.update(answer_space(ex, space_trials, space_text(space)))

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import reports
+from .lrfind import DEFAULT_RULE, LRFIND_FILE, RULES
 from .spec import MAX_RUNS, SpecError, load
 from .tables import SMALL_STUDY, cell_text, edge_move, map_table, pivot_axes, pivot_table, top_axes
 from .verdict import STATUSES
@@ -296,6 +297,30 @@ def bench(quick: bool, results_dir: str) -> None:
             click.echo(f"{name} N / plain_fit N: {', '.join(f'{x:.1f}x' for x in pairs)}; median below")
     click.echo(f"speedup_cached: {speedup(measurements, 'population_cached'):.1f}x")
     click.echo(f"speedup: {speedup(measurements):.1f}x")
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--results", "results_dir", default="results", show_default=True, help="Where DIR/<study name>/ is.")
+@click.option("--rule", type=click.Choice(list(RULES)), default=DEFAULT_RULE, show_default=True,
+              help="Whose range test: schedule, smoothing, stop and suggestion rule (docs/lrfind.md).")
+def lrfind(study_file: str, results_dir: str, rule: str) -> None:
+    """The LR range test of every setting of STUDY_FILE, beside the edge the sweep measured;
+    writes RESULTS/<study>/lrfind.parquet (and the suggestion into boundary.parquet)."""
+    from . import lrfind_study as rangetest
+    from .study import StudyConflict
+
+    s = _load_study(study_file)
+    try:
+        out = rangetest.run_study(s, results_dir, rule, progress=lambda line: click.echo(line, err=True))
+        comparison = rangetest.compare(out)
+    except (PermissionError, StudyConflict, reports.ResultsError) as exc:
+        raise BadInput(str(exc)) from None
+    # Ten columns do not fit 80 characters; a cut column would hide the very comparison.
+    Console(width=max(console.width, 140)).print(
+        rangetest.table(comparison, f"{out}: LR range test ({rule}) against the measured edge"))
+    click.echo(rangetest.summary(comparison))
+    click.echo(f"wrote {out / LRFIND_FILE}")
 
 
 def _recorded(study_dir: str):

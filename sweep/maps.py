@@ -48,6 +48,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import faults
+from .lrfind import with_suggestions
 from .reports import (CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, arrow_table, load_trials,
                       open_checked, typed, write_atomic)
 from .spec import AXES, SETTING_AXES
@@ -83,6 +84,7 @@ BOUNDARY_COLUMNS = pa.schema(_IDENTITY + _SETTING_FIELDS + [
     ("edge_status", pa.string()),  # modal status at lr_unstable_min; with nothing stable, of all runs
     ("n_runs", pa.int64()),
     ("lr_sensitivity", pa.float64()),
+    ("lr_rangetest_suggestion", pa.float64()),  # the LR range test's suggestion (sweep lrfind; null: not run)
 ])
 
 
@@ -184,7 +186,8 @@ def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
                   for c in range(i, j)]
         means = capped_mean[i:j][n[i:j] > 0]
         boundary.append({**edge(per_lr), "n_runs": int(runs_per_cell[i:j].sum()),
-                         "lr_sensitivity": float(means.mean() - means.min()) if len(means) else math.nan})
+                         "lr_sensitivity": float(means.mean() - means.min()) if len(means) else math.nan,
+                         "lr_rangetest_suggestion": None})
     columns = {name: columns[name][starts] for name in ("study", "example", *SETTING_AXES)}
     columns.update({name: [b[name] for b in boundary] for name in boundary[0]})
     return map_table, _columns_table(columns, len(starts), BOUNDARY_COLUMNS)
@@ -318,6 +321,7 @@ def write(study_dir: str | os.PathLike, trials: pd.DataFrame | None = None) -> t
     out = Path(study_dir)
     # A session that recorded nothing yet still leaves (empty) maps, so readers find the files.
     map_table, boundary_table = _tables(recorded(out, MAP_INPUT) if trials is None else trials)
+    boundary_table = with_suggestions(out, boundary_table)  # lrfind.parquet's, when the study has one
     write_atomic(map_table, out / MAP_FILE)
     faults.point("maps")
     write_atomic(boundary_table, out / BOUNDARY_FILE)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import maps, reports
+from . import lrfind_study, maps, reports
 from ._version import __version__
 from .catalog import EXAMPLES
+from .lrfind import LRFIND_FILE
 from .plots import PLOTS_DIR
 from .spec import SETTING_AXES
 from .spec import format_value as _fmt
@@ -122,6 +123,7 @@ def _claim_section(out: Path, c) -> list[str]:
     if given(c["sweep_study"]) and (out / c["sweep_study"] / "trials").is_dir():
         lines += [f"Edges of the learning-rate sweep (`{c['sweep_study']}`):", ""]
         lines += boundary_md(maps.build(reports.load_trials(out / c["sweep_study"]))[1]) + [""]
+        lines += _rangetest_md(out / c["sweep_study"])
     if given(c["space_study"]):
         lines += [f"**(c) Where the claimed failure ({c['claimed_failure']}) occurs** in the wider space "
                   f"(`{c['space_study']}`, population engine): {where_text(c)}.", "",
@@ -133,6 +135,16 @@ def _claim_section(out: Path, c) -> list[str]:
         if study:
             lines += _plot_links(out, study, f"{c['example']}, {study}")
     return lines
+
+
+def _rangetest_md(study_dir: Path) -> list[str]:
+    """The LR range test of each setting beside the curvature predictions and the measured edge."""
+    if not (study_dir / LRFIND_FILE).is_file():
+        return []
+    return ["The LR range test (`sweep lrfind`, docs/lrfind.md) of each setting, beside the curvature "
+            "predictions of the edge (boundary.parquet's lr_predicted_init, lr_predicted_early) and the measured "
+            "edge with P(stable) over seeds and its 95 % Wilson interval at its last stable and first non-stable "
+            "learning rate:", ""] + lrfind_study.report_md(study_dir) + [""]
 
 
 def _plot_links(out: Path, study: str, label: str) -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import sweep
-from sweep import claim_studies, claims, report
+from sweep import claim_studies, claims, lrfind_study, report
 from sweep.catalog import EXAMPLES
 from sweep.cli import main
 from sweep.spec import config_from_dict, load
@@ -161,6 +161,10 @@ def test_reproduce_quick_covers_every_example(tmp_path):
             assert (study_dir / "map.parquet").is_file() and (study_dir / "study.toml").is_file()
             for png in (study_dir / "plots").glob("*.png"):
                 assert f"]({study_dir.name}/plots/{png.name})" in report_text
+        # The LR range test of every setting of the learning-rate sweep, in the report beside the edge.
+        assert lrfind_study.complete(load(tmp_path / f"reproduce-quick-{example}" / "study.toml"), tmp_path)
+    assert report_text.count("| range test (fastai) | curvature, init | curvature, early | measured edge |") \
+        == len(EXAMPLES)
     for _, row in table[table["space_study"].notna()].iterrows():
         ex = EXAMPLES[str(row["example"])]
         assert (row["measured_engine"], row["sweep_engine"]) == ("keras", "population")
