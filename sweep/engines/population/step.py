@@ -131,16 +131,21 @@ def clip(grads: list, squares, global_norm, clipnorm, global_clipnorm, clipvalue
         pred = squares > 0
         l2norm = tf.where(pred, tf.sqrt(tf.where(pred, squares, tf.ones_like(squares))), squares)
         c = clipnorm[:, None]
-        denominator = tf.maximum(l2norm, c)
-        grads = [tf.where(per_run(on, len(g.shape)), (g * per_run(clipnorm, len(g.shape)))
-                          / per_run(denominator[:, i], len(g.shape)), g) for i, g in enumerate(grads)]
+        # A run that does not clip multiplies and divides by exactly 1, which leaves every value,
+        # NaN and inf included, as it is: the same as selecting its own gradient, in one pass.
+        one = tf.ones_like(clipnorm)
+        factor = tf.where(on, clipnorm, one)
+        denominator = tf.where(on[:, None], tf.maximum(l2norm, c), one[:, None])
+        grads = [(g * per_run(factor, len(g.shape))) / per_run(denominator[:, i], len(g.shape))
+                 for i, g in enumerate(grads)]
         acted = acted | (on & tf.reduce_any(l2norm > c, axis=1))
     if "global_clipnorm" in kinds:
         on = global_clipnorm > 0
         # keras.src.optimizers.base_optimizer.clip_by_global_norm
         scale = global_clipnorm * tf.minimum(1.0 / global_norm, 1.0 / global_clipnorm)
         scale = scale + (global_norm - global_norm)
-        grads = [tf.where(per_run(on, len(g.shape)), g * per_run(scale, len(g.shape)), g) for g in grads]
+        scale = tf.where(on, scale, tf.ones_like(scale))  # x * 1 is x: no select over the gradients
+        grads = [g * per_run(scale, len(g.shape)) for g in grads]
         acted = acted | (on & (global_norm > global_clipnorm))
     if "clipvalue" in kinds:
         on = clipvalue > 0
