@@ -23,7 +23,7 @@ Three things stand between that flag and a cache a sweep can rely on:
   `DataLossError` in the middle of a run, and flipped bytes in the machine code would run.
   Every entry this process sees compiled is sealed with a SHA-256 beside it (`seal`); at start a
   process deletes every entry whose seal is missing or does not match (`check`), so a damaged
-  entry is compiled again, never loaded.
+  entry is compiled again, never loaded. Past `MAX_BYTES` the least recently used entries go.
 
     >>> import os, tempfile
     >>> saved = os.environ.get("SWEEP_COMPILE_CACHE")
@@ -38,6 +38,8 @@ Three things stand between that flag and a cache a sweep can rely on:
     >>> _ = entry.write_bytes(b"executab1e")   # damaged after it was sealed
     >>> check(d), entry.exists()
     (1, False)
+    >>> _ = entry.write_bytes(b"executable"); seal(d), trim(d, max_bytes=4), entry.exists()
+    (1, 1, False)
     >>> os.environ["SWEEP_COMPILE_CACHE"] = "off"; directory() is None
     True
     >>> _ = os.environ.pop("SWEEP_COMPILE_CACHE") if saved is None else os.environ.update(SWEEP_COMPILE_CACHE=saved)
@@ -71,6 +73,9 @@ SEAL = ".sha256"
 # TensorFlow writes an entry to a temporary file and renames it; one left by a killed process
 # is removed once it is older than this.
 STALE_TEMP_SECONDS = 3600.0
+# Every population size of every group is its own entry (about 0.5 MB for the catalog's models),
+# so the cache grows with every new study; past this size the least recently used go.
+MAX_BYTES = 2 << 30
 
 
 def root() -> Path | None:
@@ -164,6 +169,26 @@ def check(d: Path) -> int:
         with contextlib.suppress(FileNotFoundError):
             if now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
                 temp.unlink()
+    return deleted + trim(d)
+
+
+def trim(d: Path, max_bytes: int = MAX_BYTES) -> int:
+    """Delete the least recently used entries (by access or modification time, whichever is
+    later) until the directory holds at most `max_bytes`; returns how many went."""
+    entries = []
+    for entry in d.glob(ENTRY_GLOB):
+        with contextlib.suppress(FileNotFoundError):
+            st = entry.stat()
+            entries.append((max(st.st_atime, st.st_mtime), st.st_size, entry))
+    total = sum(size for _, size, _ in entries)
+    deleted = 0
+    for _, size, entry in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        for path in (entry, entry.with_name(entry.name + SEAL)):
+            path.unlink(missing_ok=True)
+        total -= size
+        deleted += 1
     return deleted
 
 
