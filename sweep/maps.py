@@ -14,7 +14,9 @@ one learning rate are its seeds. Two reports come from the trials of a study:
   `edge_status` (what happens beyond the edge), `n_runs`, and
   `lr_sensitivity` (Wortsman et al. 2023, "Small-scale proxies for
   large-scale Transformer training instabilities": the mean over the
-  learning-rate grid of min(final loss, l0) minus the best final loss).
+  learning-rate grid of min(final loss, l0) minus the best final loss),
+  and, with `[telemetry] sharpness`, the edge the curvature predicts
+  (`lr_predicted_init`, `lr_predicted_early`: `predicted_edges`).
 
 Both are rebuilt from `trials/` at the end of every study session and
 written atomically with `schema_version` metadata::

@@ -15,6 +15,7 @@ repeats), so the probe compiles once per program, whatever the number of runs st
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,7 @@ class ProbeShape:
     loss: str
     optimizer: str
     iterations: int
+    jit: bool  # the program's: XLA compiles the probe too
 
 
 class Probe:
@@ -58,6 +60,10 @@ class Probe:
         import tensorflow as tf
 
         self.shape = shape
+        # Populations of one group train on threads side by side and share this probe; a
+        # tf.function traced from two threads at once can corrupt its dispatch table (seen once:
+        # "OrderedDict mutated during iteration"), so its calls take turns.
+        self.lock = threading.Lock()
         self.loss = per_sample_loss(shape.loss)
         arch = shape.archs[0]
         self.v0 = start_vector(arch.variable_shapes, 1)
@@ -65,8 +71,9 @@ class Probe:
         x = tf.TensorSpec([None, None, arch.shapes[0][0]], tf.float32)
         y = tf.TensorSpec([None, None, arch.shapes[-1][1]], tf.float32)
         choice = tf.TensorSpec([None], tf.int32)
-        self.initial = tf.function(self._initial, autograph=False, input_signature=[theta, x, y, choice])
-        self.current = tf.function(self._current, autograph=False, input_signature=[
+        self.initial = tf.function(self._initial, jit_compile=shape.jit, autograph=False,
+                                   input_signature=[theta, x, y, choice])
+        self.current = tf.function(self._current, jit_compile=shape.jit, autograph=False, input_signature=[
             theta, {name: theta for name in SLOTS[shape.optimizer]}, tf.TensorSpec([], tf.int32), x, y, choice])
 
     def _loss_of(self, x, y, choice):
@@ -115,7 +122,8 @@ def measure_population(p, theta: list, slots: dict, steps: int, live: np.ndarray
     import tensorflow as tf
 
     c0 = p.runs[0].config
-    pr = probe(ProbeShape(p.program.shape.archs, c0.loss, c0.optimizer, telemetry.iterations))
+    shape = p.program.shape
+    pr = probe(ProbeShape(shape.archs, c0.loss, c0.optimizer, telemetry.iterations, shape.jit))
     K = len(p.runs)
     sharp, precond = np.full(K, np.nan), np.full(K, np.nan)
     if not len(live):
@@ -127,7 +135,8 @@ def measure_population(p, theta: list, slots: dict, steps: int, live: np.ndarray
             args += ({name: [tf.gather(v, some) for v in s] for name, s in slots.items()}, tf.constant(steps, tf.int32))
         args += (tf.gather(p.x, p.offset[some, None] + rows), tf.gather(p.y, p.offset[some, None] + rows),
                  tf.gather(p.choice, some))
-        s, q = (pr.initial if initial else pr.current)(*args)
+        with pr.lock:
+            s, q = (pr.initial if initial else pr.current)(*args)
         sharp[some] = s.numpy()
         if c0.optimizer != "sgd":
             precond[some] = q.numpy()
