@@ -6,7 +6,7 @@ programs and probes dropped, as `sweep bench` times the engine). Prints each pai
 median over the pairs of (seconds with / seconds without) - 1, the extra time per run, with the
 load (`os.getloadavg`) before and after. Not a test: a timing depends on the machine.
 
-    python scripts/bench_sharpness.py [--quick] [--pairs 3] [--samples S] [--every 5] [--iterations 20]
+    python scripts/bench_sharpness.py [--quick] [--pairs 3] [--samples S] [--every 5] [--iterations 20] [--runs N]
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ import statistics
 import time
 from dataclasses import replace
 
-from sweep.bench import bench_study
+from sweep.bench import bench_study, sample
 from sweep.spec import SharpnessTelemetry
 
 
-def timed(study) -> float:
+def timed(study, runs) -> float:
     from sweep.engines.population import PopulationEngine, forget
     from sweep.engines.population.curvature import probe
 
     forget()
     probe.cache_clear()
     started = time.perf_counter()
-    outcomes = PopulationEngine().train(study, study.plan())
+    outcomes = PopulationEngine().train(study, runs)
     seconds = time.perf_counter() - started
     failed = [o for o in outcomes if isinstance(o, BaseException)]
     if failed:
@@ -43,14 +43,16 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--samples", type=int, default=None, help="rows of the training set (default all)")
+    parser.add_argument("--runs", type=int, default=None, help="a sample of this many runs spread over the set")
     args = parser.parse_args()
     off = bench_study(args.quick)
     on = replace(off, sharpness=SharpnessTelemetry(args.every, args.iterations, args.samples))
-    n = len(off.plan())
+    runs = off.plan() if args.runs is None else sample(off.plan(), args.runs)
+    n = len(runs)
     print(f"bench set: {n} runs, {off.epochs} epochs; telemetry {on.sharpness}; load {os.getloadavg()}")
     ratios = []
     for pair in range(args.pairs):
-        t_off, t_on = timed(off), timed(on)
+        t_off, t_on = timed(off, runs), timed(on, runs)
         ratios.append(t_on / t_off)
         print(f"pair {pair}: off {t_off:.1f} s ({t_off / n * 1e3:.1f} ms/run), on {t_on:.1f} s "
               f"({t_on / n * 1e3:.1f} ms/run), +{100 * (t_on / t_off - 1):.0f} %; load {os.getloadavg()}")

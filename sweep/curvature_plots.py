@@ -43,7 +43,7 @@ def predicted_edge(boundary_df: pd.DataFrame, path: str | Path, title: str) -> P
     if not has_curvature(boundary_df) or df.empty:
         return None
     varying = [a for a in SETTING_AXES if boundary_df[a].astype(object).nunique(dropna=False) > 1]
-    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.subplots()
     lo = df["lr_stable_max"].to_numpy(float)
     hi = df["lr_unstable_min"].to_numpy(float)
@@ -73,21 +73,26 @@ def predicted_edge(boundary_df: pd.DataFrame, path: str | Path, title: str) -> P
     ax.set_xlabel("measured edge: bar from the last stable to the first non-stable learning rate")
     ax.set_ylabel("predicted edge: threshold / sharpness\n(2/λ_max for SGD, 38/λ_max(P⁻¹H) for Adam)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
-    ax.set_title(title, fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
     return Path(path)
 
 
 def sharpness_curves(trials: pd.DataFrame, curves: pd.DataFrame, path: str | Path, title: str) -> Path | None:
     """Median (preconditioned) sharpness over seeds per learning rate and measured epoch, one panel
-    per optimizer, each learning rate's threshold dashed; None without curvature data."""
+    per optimizer, each learning rate's threshold dashed; runs that ended nan or diverged are left
+    out (their curvature after the blow-up says nothing about the edge). None without curvature
+    data."""
     if "sharpness" not in curves or curves["sharpness"].notna().sum() == 0:
         return None
+    trials = trials[~trials["status"].astype(str).isin(("nan", "diverged"))]
     joined = curves.merge(trials[["trial", "optimizer"]], on="trial")
     joined["optimizer"] = joined["optimizer"].astype(str)
     joined["value"] = np.where(joined["optimizer"] == "sgd", joined["sharpness"], joined["precond_sharpness"])
     joined["lr"] = trials.set_index("trial").loc[joined["trial"], "learning_rate"].to_numpy(float)
-    joined = joined[joined["value"].notna()]
+    # A log axis: a non-positive value (power iteration meeting a dominant negative eigenvalue, in
+    # runs on their way to diverging) is left out.
+    joined = joined[joined["value"] > 0]
     optimizers = sorted(joined["optimizer"].unique())
     fig = Figure(figsize=(6 * len(optimizers), 4.8), layout="constrained")
     axes = fig.subplots(1, len(optimizers), squeeze=False)[0]
@@ -100,8 +105,7 @@ def sharpness_curves(trials: pd.DataFrame, curves: pd.DataFrame, path: str | Pat
             ax.plot(med.index, med.to_numpy(), "o-", ms=3, color=colour, label=f"η={lr:.3g}")
             ax.axhline(stability_threshold(opt) / lr, color=colour, ls="--", lw=0.8)
         ax.set_yscale("log")
-        top = part["value"].max()
-        ax.set_ylim(part["value"].min() / 2, top * 4)
+        ax.set_ylim(min(part["value"].min(), stability_threshold(opt) / max(lrs)) / 2, part["value"].max() * 4)
         ax.set_xlabel("epoch")
         ax.set_ylabel("sharpness λ_max" if opt == "sgd" else "preconditioned sharpness λ_max(P⁻¹H)")
         ax.set_title(f"optimizer={opt}; dashed: {'2' if opt != 'adam' else '38'}/η", fontsize=10)
