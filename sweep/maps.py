@@ -237,15 +237,15 @@ def predicted_edges(setting: np.ndarray, lr: np.ndarray, optimizer: np.ndarray, 
     threshold = np.ones(len(lr))
     for name in np.unique(optimizer):
         threshold[optimizer == name] = stability_threshold(str(name))
+    setting_threshold = np.full(n_settings, np.nan)
+    setting_threshold[setting] = threshold  # every row of a setting has its optimizer
     out = {}
     for name, when, rows in (("lr_predicted_init", "init", np.ones(len(lr), bool)),
                              ("lr_predicted_early", "early", lr == stable_max[setting])):
         value = np.where(sgd, curvature[f"sharpness_{when}"], curvature[f"precond_sharpness_{when}"])
-        # threshold / λ is monotone in λ: the median of the predictions is the prediction of the median
+        keep = rows & np.isfinite(value) & (value > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            predicted = np.where(value > 0, threshold / value, np.nan)
-        keep = rows & np.isfinite(predicted)
-        out[name] = _medians(setting[keep], predicted[keep], n_settings)
+            out[name] = setting_threshold / _medians(setting[keep], value[keep], n_settings)
     return out
 
 

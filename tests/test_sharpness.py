@@ -164,3 +164,48 @@ def test_predicted_learning_rate_uses_each_optimizers_threshold():
     assert predicted_learning_rate("adam", 4.0, 76.0) == pytest.approx(0.5)
     assert predicted_learning_rate("rmsprop", 4.0, 8.0) == pytest.approx(0.25)
     assert math.isnan(predicted_learning_rate("adam", 4.0, None))
+
+
+def _trials(curvature: bool):
+    import pandas as pd
+
+    df = pd.DataFrame({
+        "study": "d", "example": "exploding_gradients", "activation": "relu", "scaler": "none",
+        "optimizer": ["sgd"] * 6 + ["adam"] * 6, "loss": "binary_crossentropy", "schedule": "constant",
+        "batch_size": 1000, "clipnorm": None, "global_clipnorm": None, "clipvalue": None,
+        "learning_rate": [0.1, 0.1, 1.0, 1.0, 10.0, 10.0] * 2, "seed": [0, 1] * 6,
+        "status": ["stable"] * 4 + ["diverged"] * 2 + ["stable"] * 2 + ["unstable"] * 4,
+        "initial_loss": 0.7, "final_loss": 0.5})
+    if curvature:
+        df["sharpness_init"] = [1.0, 3.0] * 6
+        df["sharpness_early"] = [1.0, 1.0, 2.0, 4.0, 9.0, 9.0] * 2
+        df["precond_sharpness_init"] = [None] * 6 + [100.0, 300.0] * 3
+        df["precond_sharpness_early"] = [None] * 6 + [380.0, 380.0, 1.0, 1.0, 1.0, 1.0]
+    return df
+
+
+def test_boundary_predicts_the_edge_from_the_curvature_and_the_map_shows_it():
+    """2/λ for SGD and 38/λ(P⁻¹H) for Adam: init from the median over the setting's runs, early
+    from the seeds at lr_stable_max; null when the study measured nothing."""
+    from rich.console import Console
+
+    from sweep import maps
+    from sweep.tables import map_table
+
+    map_df, boundary = maps.build(_trials(True))
+    b = boundary.set_index(boundary["optimizer"].astype(str))
+    assert b.loc["sgd", "lr_stable_max"] == 1.0 and b.loc["adam", "lr_stable_max"] == 0.1
+    assert b.loc["sgd", "lr_predicted_init"] == pytest.approx(2 / 2.0)  # median of 2/1 and 2/3
+    assert b.loc["sgd", "lr_predicted_early"] == pytest.approx(2 / 3.0)  # seeds at lr 1.0: 2 and 4
+    assert b.loc["adam", "lr_predicted_init"] == pytest.approx(38 / 200.0)
+    assert b.loc["adam", "lr_predicted_early"] == pytest.approx(38 / 380.0)
+    console = Console(width=200, record=True)
+    console.print(map_table(map_df, boundary, [0.1, 1.0, 10.0], "t"))
+    text = console.export_text()
+    assert "predicted" in text and "1 / 0.67" in text and "0.19 / 0.1" in text
+
+    _, plain = maps.build(_trials(False))
+    assert plain[["lr_predicted_init", "lr_predicted_early"]].isna().all().all()
+    console = Console(width=200, record=True)
+    console.print(map_table(*maps.build(_trials(False)), [0.1, 1.0, 10.0], "t"))
+    assert "predicted" not in console.export_text()
