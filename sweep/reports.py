@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from . import faults
 from ._version import __version__
 from .engines import Outcome
+from .sharpness import finite_or_none, summary
 from .spec import CATEGORICAL_AXES, Run, Study
 from .verdict import STATUSES, judge, spike_epochs
 
@@ -128,27 +129,6 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b != 0 else math.nan
 
 
-def _finite(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
-
-
-def sharpness_summary(kind: str, by_epoch: dict[int, float]) -> dict[str, float | None]:
-    """A run's `<kind>_init, _early, _max, _final` from its measurements by epoch: epoch 0, the
-    first measured epoch after it, the largest finite value, the last measured epoch; null
-    where not measured or not finite.
-
-    >>> sharpness_summary("sharpness", {0: 1.5, 5: 2.0, 10: float("nan")})
-    {'sharpness_init': 1.5, 'sharpness_early': 2.0, 'sharpness_max': 2.0, 'sharpness_final': None}
-    """
-    epochs = sorted(by_epoch)
-    later = [e for e in epochs if e > 0]
-    values = [v for v in map(_finite, by_epoch.values()) if v is not None]
-    return {f"{kind}_init": _finite(by_epoch.get(0)),
-            f"{kind}_early": _finite(by_epoch[later[0]]) if later else None,
-            f"{kind}_max": max(values) if values else None,
-            f"{kind}_final": _finite(by_epoch[epochs[-1]]) if epochs else None}
-
-
 def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker: str = "",
              started_at: datetime | None = None, status: str | None = None,
              versions: tuple[str, str] | None = None) -> tuple[dict, list[dict]]:
@@ -193,8 +173,8 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
         final_accuracy=outcome.epoch_accuracy[-1] if outcome.epoch_accuracy else outcome.initial_accuracy,
         wall_seconds=outcome.wall_seconds,
         message=None,
-        **sharpness_summary("sharpness", outcome.sharpness),
-        **sharpness_summary("precond_sharpness", outcome.precond_sharpness),
+        **summary("sharpness", outcome.sharpness),
+        **summary("precond_sharpness", outcome.precond_sharpness),
     )
     curves = [{"study": study.name, "trial": run.trial, "seed": run.seed, "epoch": 0, "loss": l0,
                "accuracy": outcome.initial_accuracy, "grad_norm_max": None,
@@ -205,8 +185,8 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
                        "grad_norm_max": outcome.epoch_grad_norm_max[i],
                        "learning_rate": outcome.epoch_learning_rate[i]})
     for curve in curves:
-        curve["sharpness"] = _finite(outcome.sharpness.get(curve["epoch"]))
-        curve["precond_sharpness"] = _finite(outcome.precond_sharpness.get(curve["epoch"]))
+        curve["sharpness"] = finite_or_none(outcome.sharpness.get(curve["epoch"]))
+        curve["precond_sharpness"] = finite_or_none(outcome.precond_sharpness.get(curve["epoch"]))
     return row, curves
 
 

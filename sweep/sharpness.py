@@ -97,6 +97,27 @@ def start_vector(shapes: Sequence[tuple[int, ...]], k: int, seed: int = START_SE
     return [np.broadcast_to((p / norm).astype(np.float32), (k, *p.shape)).copy() for p in parts]
 
 
+def summary(kind: str, by_epoch: dict[int, float]) -> dict[str, float | None]:
+    """A run's `<kind>_init, _early, _max, _final` from its measurements by epoch: epoch 0, the
+    first measured epoch after it, the largest finite value, the last measured epoch; null
+    where not measured or not finite.
+
+    >>> summary("sharpness", {0: 1.5, 5: 2.0, 10: float("nan")})
+    {'sharpness_init': 1.5, 'sharpness_early': 2.0, 'sharpness_max': 2.0, 'sharpness_final': None}
+    """
+    epochs = sorted(by_epoch)
+    later = [e for e in epochs if e > 0]
+    values = [v for v in map(finite_or_none, by_epoch.values()) if v is not None]
+    return {f"{kind}_init": finite_or_none(by_epoch.get(0)),
+            f"{kind}_early": finite_or_none(by_epoch[later[0]]) if later else None,
+            f"{kind}_max": max(values) if values else None,
+            f"{kind}_final": finite_or_none(by_epoch[epochs[-1]]) if epochs else None}
+
+
+def finite_or_none(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
 def _per_run_sum(tensors) -> "tf.Tensor":
     import tensorflow as tf
 
