@@ -60,10 +60,7 @@ class Probe:
         import tensorflow as tf
 
         self.shape = shape
-        # Populations of one group train on threads side by side and share this probe; a
-        # tf.function traced from two threads at once can corrupt its dispatch table (seen once:
-        # "OrderedDict mutated during iteration"), so its calls take turns.
-        self.lock = threading.Lock()
+        self.traced: set[str] = set()
         self.loss = per_sample_loss(shape.loss)
         arch = shape.archs[0]
         self.v0 = start_vector(arch.variable_shapes, 1)
@@ -108,6 +105,22 @@ class Probe:
         return measure(self._loss_of(x, y, choice), theta, self._start(theta), self.shape.iterations, p)
 
 
+# Populations train on threads side by side. Tracing forward-mode code goes through TensorFlow's
+# process-wide table of per-op JVP functions, which two threads tracing at once corrupt ("OrderedDict
+# mutated during iteration", seen with two probes tracing together), so first calls take turns;
+# a traced function runs its graph without touching that table.
+_TRACING = threading.Lock()
+
+
+def call(pr: Probe, name: str, args: tuple):
+    if name in pr.traced:
+        return getattr(pr, name)(*args)
+    with _TRACING:
+        out = getattr(pr, name)(*args)
+        pr.traced.add(name)
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def probe(shape: ProbeShape) -> Probe:
     """Probes live as long as the worker, like the programs."""
@@ -135,8 +148,7 @@ def measure_population(p, theta: list, slots: dict, steps: int, live: np.ndarray
             args += ({name: [tf.gather(v, some) for v in s] for name, s in slots.items()}, tf.constant(steps, tf.int32))
         args += (tf.gather(p.x, p.offset[some, None] + rows), tf.gather(p.y, p.offset[some, None] + rows),
                  tf.gather(p.choice, some))
-        with pr.lock:
-            s, q = (pr.initial if initial else pr.current)(*args)
+        s, q = call(pr, "initial" if initial else "current", args)
         sharp[some] = s.numpy()
         if c0.optimizer != "sgd":
             precond[some] = q.numpy()
