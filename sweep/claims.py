@@ -273,8 +273,9 @@ def load_claims(results: str | os.PathLike) -> pd.DataFrame:
     except Exception as exc:
         raise reports.ResultsError(f"{path}: cannot read ({exc}); `sweep reproduce` writes it") from None
     version = (pf.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
-    if version != reports.SCHEMA_VERSION:
-        raise reports.ResultsError(f"{path}: schema_version {version}, this sweep reads {reports.SCHEMA_VERSION}")
+    if version not in reports.READABLE_VERSIONS:
+        raise reports.ResultsError(f"{path}: schema_version {version}, this sweep reads "
+                                   f"{' and '.join(reports.READABLE_VERSIONS)}")
     missing = [n for n in CLAIM_COLUMNS.names if n not in pf.schema_arrow.names]
     if missing:
         raise reports.ResultsError(f"{path}: no column {', '.join(missing)}; `sweep reproduce` writes them")

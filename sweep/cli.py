@@ -82,6 +82,10 @@ def validate(study_file: str, max_runs: int) -> None:
     console.print(table)
     n_configs = len(study.configs())
     console.print(f"{n_configs} configurations x {len(study.seeds)} seeds = {len(plan)} runs")
+    if (s := study.sharpness) is not None:
+        rows = "all" if s.samples is None else f"the first {s.samples}"
+        console.print(f"telemetry: sharpness at epoch 0 and every {s.every_epochs} epochs, {s.iterations} power "
+                      f"iterations on {rows} training rows")
 
 
 def _eta(rate: float, remaining: int) -> str:

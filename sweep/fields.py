@@ -153,6 +153,30 @@ def builder_problem(ref: str) -> str | None:
     return None
 
 
+def table_of(table: dict[str, Field], make: Callable[..., Any]) -> Callable[[Any], Any]:
+    """An inline table (`{key = value, ...}`) whose keys are `table`'s fields, as `make(**values)`;
+    every wrong key is a reason, named.
+
+    >>> check = table_of({"n": Field("an integer from 1 to 9", 5, integer(1, 9))}, dict)
+    >>> check({}), check({"n": 2})
+    ({'n': 5}, {'n': 2})
+    >>> try:
+    ...     check({"n": 0, "m": 1})
+    ... except Invalid as exc:
+    ...     print(exc.args)
+    ('m: unknown key; allowed: n', 'n: 0 is not allowed; allowed: an integer from 1 to 9')
+    """
+    def check(v: Any) -> Any:
+        if not isinstance(v, dict):
+            raise Invalid()
+        problems: list[tuple[str, str]] = []
+        values = check_section("", v, table, problems)
+        if problems:
+            raise Invalid(*(f"{where.lstrip('.')}: {message}" for where, message in problems), allowed=False)
+        return make(**values)
+    return check
+
+
 # The checks of one value of a [grid] axis; `values_of` makes a check of the axis's list.
 def positive_number(v: Any) -> float:
     if not is_number(v):

@@ -14,7 +14,9 @@ one learning rate are its seeds. Two reports come from the trials of a study:
   `edge_status` (what happens beyond the edge), `n_runs`, and
   `lr_sensitivity` (Wortsman et al. 2023, "Small-scale proxies for
   large-scale Transformer training instabilities": the mean over the
-  learning-rate grid of min(final loss, l0) minus the best final loss).
+  learning-rate grid of min(final loss, l0) minus the best final loss),
+  and, with `[telemetry] sharpness`, the edge the curvature predicts
+  (`lr_predicted_init`, `lr_predicted_early`: `predicted_edges`).
 
 Both are rebuilt from `trials/` at the end of every study session and
 written atomically with `schema_version` metadata::
@@ -49,13 +51,15 @@ import pyarrow as pa
 
 from . import faults
 from .lrfind import with_suggestions
-from .reports import (CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, arrow_table, load_trials,
-                      open_checked, typed, write_atomic)
+from .reports import (CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, added, arrow_table, load_trials,
+                      open_checked, read_checked, typed, write_atomic)
 from .spec import AXES, SETTING_AXES
 from .verdict import ORCHESTRATOR_STATUSES, STATUSES
 
 # The trials columns the maps are built from (`write` reads no others: a study holds millions of rows).
-MAP_INPUT = ("trial", "study", "example", *AXES, "status", "initial_loss", "final_loss")
+# The curvature columns feed the predicted edge (`predicted_edges`).
+CURVATURE_INPUT = ("sharpness_init", "precond_sharpness_init", "sharpness_early", "precond_sharpness_early")
+MAP_INPUT = ("trial", "study", "example", *AXES, "status", "initial_loss", "final_loss", *CURVATURE_INPUT)
 MAP_FILE = "map.parquet"
 BOUNDARY_FILE = "boundary.parquet"
 
@@ -84,7 +88,11 @@ BOUNDARY_COLUMNS = pa.schema(_IDENTITY + _SETTING_FIELDS + [
     ("edge_status", pa.string()),  # modal status at lr_unstable_min; with nothing stable, of all runs
     ("n_runs", pa.int64()),
     ("lr_sensitivity", pa.float64()),
-    ("lr_rangetest_suggestion", pa.float64()),  # the LR range test's suggestion (sweep lrfind; null: not run)
+    # The LR range test's suggestion (sweep lrfind); null where it was not run.
+    added("lr_rangetest_suggestion", pa.float64(), "2"),
+    # The edge the curvature predicts (`predicted_edges`); null without [telemetry] sharpness.
+    added("lr_predicted_init", pa.float64(), "2"),
+    added("lr_predicted_early", pa.float64(), "2"),
 ])
 
 
@@ -189,8 +197,60 @@ def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
                          "lr_sensitivity": float(means.mean() - means.min()) if len(means) else math.nan,
                          "lr_rangetest_suggestion": None})
     columns = {name: columns[name][starts] for name in ("study", "example", *SETTING_AXES)}
+    curvature = {c: trials[c].astype(float).to_numpy() if c in trials else np.full(len(trials), np.nan)
+                 for c in CURVATURE_INPUT}
+    boundary_of_cell = np.cumsum(np.r_[True, cell_setting[1:] != cell_setting[:-1]]) - 1
+    stable_max = np.array([np.nan if b["lr_stable_max"] is None else b["lr_stable_max"] for b in boundary])
+    predicted = predicted_edges(boundary_of_cell[cell], lr, trials["optimizer"].astype(str).to_numpy(), curvature,
+                                stable_max)
+    for i, b in enumerate(boundary):
+        b.update({name: values[i] for name, values in predicted.items()})
     columns.update({name: [b[name] for b in boundary] for name in boundary[0]})
     return map_table, _columns_table(columns, len(starts), BOUNDARY_COLUMNS)
+
+
+def predicted_edges(setting: np.ndarray, lr: np.ndarray, optimizer: np.ndarray, curvature: dict[str, np.ndarray],
+                    stable_max: np.ndarray) -> dict[str, np.ndarray]:
+    """Per setting, the learning rate at which the measured curvature sits on the optimizer's
+    stability threshold (`sharpness.predicted_learning_rate`: 2/λ_max for SGD, 38/λ_max(P⁻¹H) for
+    Adam, 2/λ_max(P⁻¹H) for RMSprop), from the rows' setting index, learning rate, optimizer and
+    curvature columns, and each setting's `lr_stable_max` (NaN: none):
+
+    * `lr_predicted_init`: from the initialised model, the median over the setting's runs of
+      `*_init` (it depends on the seed and scaler only, not on the learning rate);
+    * `lr_predicted_early`: from early training, the median over the seeds at the setting's
+      largest stable learning rate of `*_early` (the first measured epoch after 0). Cohen et
+      al. (2021) find that a stable full-batch run's sharpness rises until it reaches its own
+      threshold 2/η; so this equals `lr_stable_max` when the run at the edge already trains at
+      the edge of stability by then, and is larger while its sharpness is still rising.
+
+    NaN where nothing was measured.
+
+    >>> nan = float("nan")
+    >>> curv = {"sharpness_init": np.array([1.0, 1.0, 3.0]), "precond_sharpness_init": np.full(3, nan),
+    ...         "sharpness_early": np.array([1.5, 2.0, 30.0]), "precond_sharpness_early": np.full(3, nan)}
+    >>> out = predicted_edges(np.zeros(3, int), np.array([0.1, 1.0, 10.0]), np.array(["sgd"] * 3), curv,
+    ...                       np.array([1.0]))
+    >>> out["lr_predicted_init"].tolist(), out["lr_predicted_early"].tolist()
+    ([2.0], [1.0])
+    """
+    from .sharpness import stability_threshold
+
+    n_settings = len(stable_max)
+    sgd = optimizer == "sgd"
+    threshold = np.ones(len(lr))
+    for name in np.unique(optimizer):
+        threshold[optimizer == name] = stability_threshold(str(name))
+    setting_threshold = np.full(n_settings, np.nan)
+    setting_threshold[setting] = threshold  # every row of a setting has its optimizer
+    out = {}
+    for name, when, rows in (("lr_predicted_init", "init", np.ones(len(lr), bool)),
+                             ("lr_predicted_early", "early", lr == stable_max[setting])):
+        value = np.where(sgd, curvature[f"sharpness_{when}"], curvature[f"precond_sharpness_{when}"])
+        keep = rows & np.isfinite(value) & (value > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[name] = setting_threshold / _medians(setting[keep], value[keep], n_settings)
+    return out
 
 
 def _medians(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
@@ -331,7 +391,7 @@ def write(study_dir: str | os.PathLike, trials: pd.DataFrame | None = None) -> t
 def _load(path: Path, schema: pa.Schema) -> pd.DataFrame:
     if not path.is_file():
         raise ResultsError(f"{path}: no such file; a finished study writes it (or run `sweep map {path.parent}`)")
-    return typed_map(open_checked(path, schema).read(columns=schema.names).cast(schema))
+    return typed_map(read_checked(open_checked(path, schema), schema))
 
 
 def load_map(path: str | os.PathLike) -> pd.DataFrame:

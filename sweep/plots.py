@@ -10,7 +10,9 @@ what is drawn):
 * `edge_vs_batch.png`: each setting's edge learning rate against batch size,
   one panel per optimizer (when the study varies batch size);
 * `curves.png`: loss curves of every seed at the document's failure and fix
-  configurations, side by side (when the study holds both).
+  configurations, side by side (when the study holds both);
+* `predicted_edge.png`, `sharpness.png` of `curvature_plots` (when the study measured the
+  sharpness, `[telemetry]`).
 
     >>> from sweep.plots import write_plots
     >>> paths = write_plots("results/exploding_gradients")   # doctest: +SKIP
@@ -205,6 +207,7 @@ def loss_curves(trials: pd.DataFrame, curves: pd.DataFrame, example: Example, pa
 def write_plots(study_dir: str | os.PathLike) -> list[Path]:
     """Every plot the study's data supports, under `<study_dir>/plots/`; returns the files written."""
     from .answer_plots import effects_chart, pstable_by_axis
+    from .curvature_plots import has_curvature, predicted_edge, sharpness_curves
     from .effects import effects
 
     out = Path(study_dir)
@@ -230,6 +233,13 @@ def write_plots(study_dir: str | os.PathLike) -> list[Path]:
             written.append(pstable_by_axis(map_df, ranked[0], out / PLOTS_DIR / f"pstable_by_{ranked[0]}.png",
                                            f"{name} ({example}): P(stable) by {ranked[0]},\nthe axis whose "
                                            "values move the edge most"))
+    if has_curvature(boundary_df):
+        curves_df = reports.load_curves(out)
+        written += [p for p in (
+            predicted_edge(boundary_df, out / PLOTS_DIR / "predicted_edge.png",
+                           f"{name} ({example}): the edge the curvature predicts against the edge measured"),
+            sharpness_curves(trials, curves_df, out / PLOTS_DIR / "sharpness.png",
+                             f"{name} ({example}): sharpness during training (median over seeds)")) if p]
     if example in EXAMPLES:
         ex = EXAMPLES[example]
         curves = loss_curves(trials, reports.load_curves(out), ex, out / PLOTS_DIR / "curves.png",

@@ -31,10 +31,25 @@ import pyarrow.parquet as pq
 from . import faults
 from ._version import __version__
 from .engines import Outcome
+from .sharpness import finite_or_none, summary
 from .spec import CATEGORICAL_AXES, Run, Study
 from .verdict import STATUSES, judge, spike_epochs
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Versions this sweep reads. A column declared with `added` is absent from files of earlier
+# versions and reads as null there; any other missing column refuses the file.
+READABLE_VERSIONS = ("1", "2")
+
+
+def added(name: str, type_: pa.DataType, version: str) -> pa.Field:
+    """A column first written by schema `version`."""
+    return pa.field(name, type_, metadata={"since": version})
+
+
+# Curvature telemetry (`sweep.sharpness`), schema 2: null where not measured.
+SHARPNESS_TRIAL_COLUMNS = [added(f"{kind}_{when}", pa.float64(), "2")
+                           for kind in ("sharpness", "precond_sharpness")
+                           for when in ("init", "early", "max", "final")]
 
 TRIAL_COLUMNS = pa.schema([
     ("study", pa.string()),
@@ -75,6 +90,9 @@ TRIAL_COLUMNS = pa.schema([
     ("keras_version", pa.string()),
     ("sweep_version", pa.string()),
     ("message", pa.string()),  # why a run is `error` or `timeout`; null otherwise
+    # λ_max at epoch 0, at the first measured epoch after it, the largest, at the last measured
+    # epoch; precond_*: of P⁻¹H for Adam and RMSprop (null for SGD)
+    *SHARPNESS_TRIAL_COLUMNS,
 ])
 
 CURVE_COLUMNS = pa.schema([
@@ -86,6 +104,8 @@ CURVE_COLUMNS = pa.schema([
     ("accuracy", pa.float64()),
     ("grad_norm_max", pa.float64()),
     ("learning_rate", pa.float64()),
+    added("sharpness", pa.float64(), "2"),  # null on epochs not measured
+    added("precond_sharpness", pa.float64(), "2"),
 ])
 
 # Trials columns that load as pandas categoricals, with their categories fixed so
@@ -153,6 +173,8 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
         final_accuracy=outcome.epoch_accuracy[-1] if outcome.epoch_accuracy else outcome.initial_accuracy,
         wall_seconds=outcome.wall_seconds,
         message=None,
+        **summary("sharpness", outcome.sharpness),
+        **summary("precond_sharpness", outcome.precond_sharpness),
     )
     curves = [{"study": study.name, "trial": run.trial, "seed": run.seed, "epoch": 0, "loss": l0,
                "accuracy": outcome.initial_accuracy, "grad_norm_max": None,
@@ -162,6 +184,9 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
                        "loss": loss, "accuracy": outcome.epoch_accuracy[i],
                        "grad_norm_max": outcome.epoch_grad_norm_max[i],
                        "learning_rate": outcome.epoch_learning_rate[i]})
+    for curve in curves:
+        curve["sharpness"] = finite_or_none(outcome.sharpness.get(curve["epoch"]))
+        curve["precond_sharpness"] = finite_or_none(outcome.precond_sharpness.get(curve["epoch"]))
     return row, curves
 
 
@@ -249,12 +274,27 @@ def open_checked(part: Path, schema: pa.Schema) -> pq.ParquetFile:
     except Exception as exc:
         raise ResultsError(f"{part}: not a readable Parquet file ({exc}); move it out of {part.parent}") from None
     version = (pf.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
-    if version != SCHEMA_VERSION:
-        raise ResultsError(f"{part}: schema_version {version}, this sweep reads {SCHEMA_VERSION}")
-    missing = set(schema.names) - set(pf.schema_arrow.names)
+    if version not in READABLE_VERSIONS:
+        raise ResultsError(f"{part}: schema_version {version}, this sweep reads {' and '.join(READABLE_VERSIONS)}")
+    missing = [f.name for f in schema if f.name not in pf.schema_arrow.names and not _added_after(f, version)]
     if missing:
         raise ResultsError(f"{part}: missing columns {sorted(missing)}")
     return pf
+
+
+def _added_after(f: pa.Field, version: str) -> bool:
+    since = (f.metadata or {}).get(b"since")
+    return since is not None and int(since) > int(version)
+
+
+def read_checked(pf: pq.ParquetFile, schema: pa.Schema) -> pa.Table:
+    """The `schema` columns of a file `open_checked` passed, the columns its version predates null."""
+    present = [n for n in schema.names if n in pf.schema_arrow.names]
+    table = pf.read(columns=present)
+    for i, f in enumerate(schema):
+        if f.name not in present:
+            table = table.add_column(i, f.name, pa.nulls(len(table), f.type))
+    return table.cast(schema)
 
 
 def check_curves(study_dir: Path) -> None:
@@ -271,7 +311,7 @@ def _read(directory: Path, schema: pa.Schema, columns: Sequence[str] | None = No
     for part in _parts(directory):
         pf = open_checked(part, full)
         try:
-            tables.append(pf.read(columns=schema.names).cast(schema))
+            tables.append(read_checked(pf, schema))
         except Exception as exc:  # a footer that reads over damaged data pages
             raise ResultsError(f"{part}: not a readable Parquet file ({exc}); move it out of {directory}") from None
     if not tables:

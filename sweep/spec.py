@@ -35,7 +35,8 @@ from typing import Any
 
 from .catalog import BASE_DEFAULTS, EXAMPLES
 from .fields import (REQUIRED, Field, builder_problem, check_section, example_ref, integer, number, one_of,
-                     plain_name, positive_integer, positive_number, positive_number_or_none, seed_list, values_of)
+                     plain_name, positive_integer, positive_number, positive_number_or_none, seed_list, table_of,
+                     values_of)
 from .verdict import Thresholds
 
 # Allowed values of the categorical axes: one place, also the categories of the Parquet columns.
@@ -68,7 +69,7 @@ MAX_RUNS = 2_000_000
 MAX_SEED = 2**32 - 1
 # A study file is a few lines; anything larger is not one (and is not read into memory).
 MAX_FILE_BYTES = 1 << 20
-SECTIONS = ("study", "grid", "verdict", "boundary")
+SECTIONS = ("study", "grid", "verdict", "boundary", "telemetry")
 
 
 class SpecError(Exception):
@@ -119,6 +120,31 @@ class Run:
 
 
 @dataclass(frozen=True)
+class SharpnessTelemetry:
+    """`[telemetry] sharpness = {every_epochs = N, iterations = M, samples = S}` (`sweep.sharpness`): measure at
+    initialisation (epoch 0) and after every N-th epoch, with M Hessian-vector products each,
+    on the loss of the training set's first S rows (None: all of them). The catalog's rows are
+    independent draws, so the first S are a fixed random subset, as Cohen et al. (2021) measure
+    the sharpness on the first 5,000 training examples (locuslab/edge-of-stability, `--abridged_size`)."""
+
+    every_epochs: int
+    iterations: int
+    samples: int | None = None
+
+    def rows(self, n: int) -> int:
+        """How many of a training set's n rows the loss is measured on."""
+        return n if self.samples is None else min(self.samples, n)
+
+    def due(self, epoch: int) -> bool:
+        """Whether the model after `epoch` (0: initialised) is measured.
+
+        >>> [e for e in range(7) if SharpnessTelemetry(every_epochs=3, iterations=20).due(e)]
+        [0, 3, 6]
+        """
+        return epoch % self.every_epochs == 0
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     example: str
@@ -133,6 +159,8 @@ class Study:
     n_trials: int | None = None
     # [boundary] resolution; None: bisect down to neighbouring grid learning rates.
     resolution: float | None = None
+    # [telemetry] sharpness; None: not measured.
+    sharpness: SharpnessTelemetry | None = None
     path: str = "<study>"
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -156,12 +184,14 @@ class Study:
 
     def plan_digest(self) -> str:
         """What a resumed study must agree on: everything that changes the runs or their rows."""
-        blob = json.dumps(
-            {"example": self.example, "epochs": self.epochs, "data_seed": self.data_seed,
-             "verdict": asdict(self.verdict), "grid": {a: list(self.grid[a]) for a in AXES},
-             "seeds": list(self.seeds)},
-            sort_keys=True, default=repr,
-        )
+        plan = {"example": self.example, "epochs": self.epochs, "data_seed": self.data_seed,
+                "verdict": asdict(self.verdict), "grid": {a: list(self.grid[a]) for a in AXES},
+                "seeds": list(self.seeds)}
+        # Telemetry fills columns of the rows, as the verdict does; only when on, so that a
+        # study without it keeps the digest it had before telemetry existed.
+        if self.sharpness is not None:
+            plan["telemetry"] = {"sharpness": asdict(self.sharpness)}
+        blob = json.dumps(plan, sort_keys=True, default=repr)
         return hashlib.sha1(blob.encode()).hexdigest()
 
 
@@ -201,6 +231,25 @@ BOUNDARY_FIELDS = {
                         "lr_unstable_min / lr_stable_max is at most this factor (it probes the grid's "
                         "learning rates, so two neighbouring grid values always stop it)",
                         None, number(lambda v: v > 1)),
+}
+
+# [telemetry]: what engines measure besides the loss; absent, nothing more.
+SHARPNESS_FIELDS = {
+    "every_epochs": Field("an integer from 1 to 10000 (measure at epoch 0 and after every N-th epoch)", 5,
+                          integer(1, 10000)),
+    "iterations": Field("an integer from 1 to 1000 (Hessian-vector products of the power iteration)", 20,
+                        integer(1, 1000)),
+    "samples": Field("an integer >= 1 (the loss of the training set's first S rows; default all of them)", None,
+                     integer(1)),
+}
+TELEMETRY_FIELDS = {
+    "sharpness": Field("a table {every_epochs = N, iterations = M, samples = S}: the top Hessian eigenvalue of "
+                       "the training loss (and of the Adam/RMSprop-preconditioned Hessian) at initialisation and "
+                       "every N-th epoch, by M power iterations; every_epochs "
+                       + SHARPNESS_FIELDS["every_epochs"].allowed + ", default 5; iterations "
+                       + SHARPNESS_FIELDS["iterations"].allowed + ", default 20; samples "
+                       + SHARPNESS_FIELDS["samples"].allowed,
+                       None, table_of(SHARPNESS_FIELDS, SharpnessTelemetry)),
 }
 
 
@@ -243,12 +292,13 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_
     grid = check_section("grid", section["grid"], grid_fields(defaults, losses), problems, unknown="axis")
     verdict = check_section("verdict", section["verdict"], VERDICT_FIELDS, problems)
     boundary = check_section("boundary", section["boundary"], BOUNDARY_FIELDS, problems)
+    telemetry = check_section("telemetry", section["telemetry"], TELEMETRY_FIELDS, problems)
     problems += _plan_problems(catalog_example, study, grid, max_runs)
 
     if problems:
         raise SpecError(path, problems)
     s = Study(**study, grid=grid, verdict=Thresholds(**{k: v for k, v in verdict.items() if v is not None}),
-              resolution=boundary["resolution"], path=path, raw=raw)
+              resolution=boundary["resolution"], sharpness=telemetry["sharpness"], path=path, raw=raw)
     if not s.configs():
         raise SpecError(path, [("grid", "every combination sets more than one of clipnorm, global_clipnorm, "
                                 "clipvalue; Keras allows one kind of clipping per optimizer")])

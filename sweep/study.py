@@ -151,7 +151,7 @@ def prepare_dir(study: Study, results: str | os.PathLike) -> Path:
     if not isinstance(stored, dict) or stored.get("plan_digest") != digest:
         raise StudyConflict(
             f"{out}: holds study {study.name!r} with a different plan (example, epochs, seeds, grid, "
-            f"data_seed or verdict changed). Use a new study name or another --results directory.")
+            f"data_seed, verdict or telemetry changed). Use a new study name or another --results directory.")
     return out
 
 

@@ -93,6 +93,8 @@ def map_table(map_df: pd.DataFrame, boundary: pd.DataFrame, lrs: list[float], ti
             "+" if maps.is_stable(r) else STRIP.get(modal, "?") if modal != "stable" else "?")
         first_unstable[key, r["learning_rate"]] = r
     same_runs = boundary["n_runs"].nunique() == 1
+    # The edge the curvature predicts, beside the measured one, when [telemetry] sharpness ran.
+    predicted = bool(boundary[list(PREDICTED)].notna().to_numpy().any()) if set(PREDICTED) <= set(boundary) else False
     rows = []
     for _, b in boundary.iterrows():
         key = tuple(cell_text(b[a]) for a in SETTING_AXES)
@@ -105,17 +107,30 @@ def map_table(map_df: pd.DataFrame, boundary: pd.DataFrame, lrs: list[float], ti
             edge = f"[{cell_text(b['lr_stable_max'])}, {cell_text(b['lr_unstable_min'])}]"
             cell = first_unstable[key, b["lr_unstable_min"]]
             beyond = f"{b['edge_status']}, {int(cell['n_stable'])}/{int(cell['n_seeds'])} stable"
-        rows.append([*(cell_text(b[a]) for a in varying), strip, cell_text(b["lr_stable_min"]), edge, beyond,
-                     f"{b['lr_sensitivity']:.2g}"] + ([] if same_runs else [str(int(b["n_runs"]))]))
+        rows.append([*(cell_text(b[a]) for a in varying), strip, cell_text(b["lr_stable_min"]), edge]
+                    + ([" / ".join(_short(b[c]) for c in PREDICTED)] if predicted else [])
+                    + [beyond, f"{b['lr_sensitivity']:.2g}"] + ([] if same_runs else [str(int(b["n_runs"]))]))
     columns = [(a.replace("_", "\n"), "right") for a in varying] + [
-        ("strip", "left"), ("learns\nfrom", "right"), ("edge", "right"), ("beyond the edge", "left"),
-        ("LR\nsens.", "right")] + ([] if same_runs else [("runs", "right")])
+        ("strip", "left"), ("learns\nfrom", "right"), ("edge", "right")] + (
+        [("predicted\ninit / early", "right")] if predicted else []) + [
+        ("beyond the edge", "left"), ("LR\nsens.", "right")] + ([] if same_runs else [("runs", "right")])
     caption = (f"strip: one mark per learning rate from {cell_text(lrs[0])} to {cell_text(lrs[-1])}: {STRIP_LEGEND}. "
                "edge: [last stable, first non-stable learning rate] (none: nothing stable). beyond the edge: "
                "the status there and its stable seeds. LR sens.: mean over the learning rates of "
                "min(final loss, l0) minus the best (Wortsman et al. 2023)"
+               + (". predicted: the learning rate at which the measured sharpness sits on the optimizer's "
+                  "stability threshold (2/λ for SGD, 38/λ of P⁻¹H for Adam), from the initialised model and "
+                  "from early training at the last stable learning rate (docs/curvature.md)" if predicted else "")
                + (f". Every setting ran {int(boundary['n_runs'].iloc[0])} runs" if same_runs else ""))
     return _table(title, caption, columns, rows, folds="beyond the edge")
+
+
+PREDICTED = ("lr_predicted_init", "lr_predicted_early")
+
+
+def _short(v) -> str:
+    """A predicted learning rate in 2 significant digits ("-" when missing)."""
+    return "-" if v is None or pd.isna(v) else f"{float(v):.2g}"
 
 
 def edge_move(effect) -> float:

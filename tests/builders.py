@@ -50,3 +50,17 @@ def uncompiled_model(activation: str, seed: int):
     x = np.zeros((8, 4), "float32")
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
     return model, x, x[:, :1]  # never compiled: no loss
+
+
+def linear_model(activation: str, seed: int):
+    """A linear regression (Dense(1), no activation, mse): its loss is a quadratic with the
+    constant Hessian (2/n)[X 1]ᵀ[X 1] (tests/test_sharpness.py). The features' scales differ so
+    that the top eigenvalue stands well apart from the next."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((300, 3)) * np.array([3.0, 1.0, 0.3])).astype("float32")
+    y = (x @ np.array([[0.5], [-1.0], [2.0]]) + 0.1 * rng.standard_normal((300, 1))).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    return model, x, y

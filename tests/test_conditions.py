@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sweep import conditions as cond
+from sweep import reports
 from sweep.conditions import CONDITION_COLUMNS, CONDITIONS_FILE, Rule, describe, find_rule, load_conditions
 from sweep.reports import ResultsError
 
@@ -148,7 +149,7 @@ def test_write_and_load_round_trip(tmp_path):
     pd.testing.assert_frame_equal(written, loaded)
     pd.testing.assert_frame_equal(loaded, cond.conditions(df))
     meta = pq.read_schema(tmp_path / CONDITIONS_FILE).metadata
-    assert meta[b"schema_version"] == b"1"
+    assert meta[b"schema_version"] == reports.SCHEMA_VERSION.encode()
     assert list(loaded.columns) == CONDITION_COLUMNS.names
     row = loaded.set_index("status").loc["nan"]
     assert describe(loaded.iloc[0]) == (

@@ -16,8 +16,11 @@ DESIGN_TRIAL_COLUMNS = """study, trial, config_id, seed, example, engine, learni
 global_clipnorm, clipvalue, batch_size, activation, scaler, optimizer, loss, epochs, status,
 first_nonfinite_step, initial_loss, final_loss, best_loss, max_loss_ratio, final_loss_ratio,
 loss_spikes, grad_norm_p50, grad_norm_p90, grad_norm_max, clip_fraction, final_accuracy,
-wall_seconds, worker, node, started_at, tf_version, keras_version, sweep_version"""
-DESIGN_CURVE_COLUMNS = "study, trial, seed, epoch, loss, accuracy, grad_norm_max, learning_rate"
+wall_seconds, worker, node, started_at, tf_version, keras_version, sweep_version, sharpness_init,
+sharpness_early, sharpness_max, sharpness_final, precond_sharpness_init, precond_sharpness_early,
+precond_sharpness_max, precond_sharpness_final"""
+DESIGN_CURVE_COLUMNS = ("study, trial, seed, epoch, loss, accuracy, grad_norm_max, learning_rate, sharpness, "
+                        "precond_sharpness")
 
 STUDY = parse("""
 [study]
@@ -143,3 +146,37 @@ def test_part_of_another_schema_version_is_refused(tmp_path):
     pq.write_table(table, part)
     with pytest.raises(reports.ResultsError, match="schema_version 0"):
         sweep.load_trials(tmp_path / "rt")
+
+
+def test_a_schema_1_part_loads_with_the_curvature_columns_null(tmp_path):
+    """Parts written before the curvature telemetry (schema 1, without its columns) still load:
+    those columns read as null; every other column is still required."""
+    rows, curves = batch()
+    for r in rows:
+        r.update(sharpness_init=1.5, precond_sharpness_init=40.0)
+    stem = reports.write_batch(tmp_path / "rt", rows, curves)
+    for sub, schema in (("trials", reports.TRIAL_COLUMNS), ("curves", reports.CURVE_COLUMNS)):
+        part = tmp_path / "rt" / sub / f"{stem}.parquet"
+        old = [f.name for f in schema if (f.metadata or {}).get(b"since") is None]
+        pq.write_table(pq.read_table(part, columns=old).replace_schema_metadata({"schema_version": "1"}), part)
+    t, c = sweep.load_trials(tmp_path / "rt"), sweep.load_curves(tmp_path / "rt")
+    assert t["sharpness_init"].isna().all() and t["precond_sharpness_final"].isna().all()
+    assert c["sharpness"].isna().all() and len(c) == len(curves)
+    part = tmp_path / "rt" / "trials" / f"{stem}.parquet"
+    pq.write_table(pq.read_table(part).drop_columns(["final_loss"]), part)
+    with pytest.raises(reports.ResultsError, match="missing columns.*final_loss"):
+        sweep.load_trials(tmp_path / "rt")
+
+
+def test_curvature_by_epoch_becomes_curve_and_trial_columns(tmp_path):
+    o = outcome([0.8, 0.6, 0.4])
+    o.sharpness, o.precond_sharpness = {0: 1.0, 2: 3.0}, {0: 50.0, 2: math.nan}
+    row, curves = reports.rows_for(STUDY, STUDY.plan()[0], o)
+    assert [c["sharpness"] for c in curves] == [1.0, None, 3.0, None]
+    assert [c["precond_sharpness"] for c in curves] == [50.0, None, None, None]  # not finite: null
+    assert (row["sharpness_init"], row["sharpness_early"], row["sharpness_max"], row["sharpness_final"]) == \
+        (1.0, 3.0, 3.0, 3.0)
+    assert (row["precond_sharpness_init"], row["precond_sharpness_max"], row["precond_sharpness_final"]) == \
+        (50.0, 50.0, None)
+    reports.write_batch(tmp_path / "rt", [row], curves)
+    assert sweep.load_curves(tmp_path / "rt")["sharpness"].tolist()[2] == 3.0

@@ -96,6 +96,17 @@ BAD = {
     "example not a string": (study(example="[1]"), "study.example", "catalog id"),
     "grid not a table": ("grid = 3\n" + study(), "grid", "must be a table"),
     "data_seed negative": (study(data_seed="-1"), "study.data_seed", "from 0 to 4294967295"),
+    "telemetry unknown key": (study() + "[telemetry]\nsharpnes={}\n", "telemetry.sharpnes", "unknown key"),
+    "telemetry not a table": ("telemetry = 3\n" + study(), "telemetry", "must be a table"),
+    "sharpness not a table": (study() + "[telemetry]\nsharpness=5\n", "telemetry.sharpness", "every_epochs = N"),
+    "sharpness every_epochs zero": (study() + "[telemetry]\nsharpness={every_epochs=0}\n", "telemetry.sharpness",
+                                    "every_epochs: 0 is not allowed; allowed: an integer from 1 to 10000"),
+    "sharpness iterations float": (study() + "[telemetry]\nsharpness={iterations=2.5}\n", "telemetry.sharpness",
+                                   "iterations: 2.5 is not allowed; allowed: an integer from 1 to 1000"),
+    "sharpness unknown key": (study() + "[telemetry]\nsharpness={iters=3}\n", "telemetry.sharpness",
+                              "iters: unknown key; allowed: every_epochs, iterations, samples"),
+    "sharpness samples zero": (study() + "[telemetry]\nsharpness={samples=0}\n", "telemetry.sharpness",
+                               "samples: 0 is not allowed"),
 }
 
 
@@ -153,7 +164,29 @@ def run_cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "sweep.cli", *args], cwd=cwd, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("case", ["lr negative", "name with slash", "unknown example", "builder not callable"])
+def test_telemetry_is_off_by_default_and_parsed_when_given():
+    assert parse(GOOD, "ok.toml").sharpness is None
+    s = parse(GOOD + "[telemetry]\nsharpness = {every_epochs = 2, iterations = 7}\n", "ok.toml")
+    assert (s.sharpness.every_epochs, s.sharpness.iterations, s.sharpness.samples) == (2, 7, None)
+    assert parse(GOOD + "[telemetry]\nsharpness = {}\n", "ok.toml").sharpness.every_epochs == 5
+
+
+def test_telemetry_is_part_of_the_plan_only_when_on():
+    """It fills the rows' curvature columns, so a resumed study must agree on it (as on the
+    verdict); a study without it keeps the digest stored by studies written before it existed."""
+    plain = parse(GOOD, "ok.toml")
+    on = parse(GOOD + "[telemetry]\nsharpness = {every_epochs = 2}\n", "ok.toml")
+    other = parse(GOOD + "[telemetry]\nsharpness = {every_epochs = 3}\n", "ok.toml")
+    assert len({plain.plan_digest(), on.plan_digest(), other.plan_digest()}) == 3
+    import json
+
+    committed = Path("results/reproduce-categorical_clipnorm")
+    stored = json.loads((committed / "study.json").read_text())["plan_digest"]
+    assert load(committed / "study.toml").plan_digest() == stored
+
+
+@pytest.mark.parametrize("case", ["lr negative", "name with slash", "unknown example", "builder not callable",
+                                  "sharpness every_epochs zero"])
 def test_cli_refuses_with_exit_2_and_writes_nothing(tmp_path, case):
     bad = tmp_path / "bad.toml"
     bad.write_text(BAD[case][0])

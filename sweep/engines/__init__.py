@@ -52,6 +52,11 @@ class Outcome:
     first_nonfinite_step: int | None = None
     wall_seconds: float = 0.0
     engine: str = ""
+    # [telemetry] sharpness, epoch (0: initialised) -> λ_max of the training loss's Hessian and,
+    # for Adam and RMSprop, of the preconditioned Hessian (`sweep.sharpness`); NaN where the run
+    # was no longer finite. Empty when not measured.
+    sharpness: dict[int, float] = field(default_factory=dict)
+    precond_sharpness: dict[int, float] = field(default_factory=dict)
 
 
 class Engine(Protocol):

@@ -6,7 +6,9 @@ loss, `optimizer.apply_gradients` (which does the clipping), and Keras's
 out only to see what `model.fit` hides: the unclipped gradient norm at every
 step, whether clipping acted, and the first step at which anything turned
 non-finite (training stops there). The epoch loss and accuracy are what
-`model.fit` reports: batch means weighted by batch size.
+`model.fit` reports: batch means weighted by batch size. With `[telemetry]
+sharpness` on, the curvature of the whole training set's loss is measured at
+initialisation and after every N-th epoch (`curvature`, `sweep.sharpness`).
 
     >>> from sweep.spec import parse
     >>> from sweep.engines.keras_engine import KerasEngine
@@ -39,6 +41,54 @@ def clipping_acted(config: Config, grads, global_norm):
     if config.clipvalue is not None:
         return tf.reduce_any(tf.stack([tf.reduce_any(tf.abs(g) > config.clipvalue) for g in grads]))
     return tf.constant(False)
+
+
+def curvature(model, loss_fn, x, y, optimizer, kind: str, iterations: int):
+    """The sharpness probe of one Keras run: `probe(initial)` returns λ_max(H) and λ_max(P⁻¹H)
+    ([1] each; the second 0 for SGD) of the loss on (x, y) at the model's current weights, P the
+    optimizer's current preconditioner, or at initialisation (`initial=True`) the one its first
+    update would form from the gradient on (x, y) (`sweep.sharpness.first_step_slots`)."""
+    import tensorflow as tf
+
+    from ..sharpness import first_step_slots, measure, preconditioner, start_vector
+
+    variables = model.trainable_variables
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    v0 = [tf.constant(a) for a in start_vector([tuple(v.shape) for v in variables], 1)]
+    xs, ys = tf.constant(x), tf.constant(y)
+    hyper = {name: getattr(optimizer, name, None) for name in ("beta_1", "beta_2", "rho", "epsilon")}
+
+    def loss_of(theta):
+        pred, _ = model.stateless_call([t[0] for t in theta], non_trainable, xs, training=False)
+        return tf.reshape(loss_fn(ys, pred), [1])
+
+    def slot(name):
+        # Keras keeps the slots as lists in the order of its variables (`_get_variable_index`).
+        return [getattr(optimizer, name)[optimizer._get_variable_index(v)].value[None] for v in variables]
+
+    @tf.function
+    def probe(initial: bool):
+        theta = [tf.convert_to_tensor(v.value)[None] for v in variables]
+        p = None
+        if kind in ("adam", "rmsprop") and initial:
+            with tf.GradientTape() as tape:
+                tape.watch(theta)
+                total = tf.reduce_sum(loss_of(theta))
+            p = preconditioner(kind, first_step_slots(kind, tape.gradient(total, theta), hyper), 1, hyper)
+        elif kind == "adam":
+            p = preconditioner(kind, {"v": slot("_velocities")}, optimizer.iterations, hyper)
+        elif kind == "rmsprop":
+            p = preconditioner(kind, {"velocity": slot("_velocities")}, optimizer.iterations, hyper)
+        return measure(loss_of, theta, v0, iterations, p)
+
+    return probe
+
+
+def record_curvature(out: Outcome, epoch: int, probe, kind: str, initial: bool = False) -> None:
+    sharp, precond = probe(initial)
+    out.sharpness[epoch] = float(sharp[0])
+    if kind != "sgd":
+        out.precond_sharpness[epoch] = float(precond[0])
 
 
 def train_one(study: Study, config: Config, seed: int) -> Outcome:
@@ -77,6 +127,12 @@ def train_one(study: Study, config: Config, seed: int) -> Outcome:
         out.first_nonfinite_step = 0
         out.wall_seconds = time.perf_counter() - started
         return out
+    probe = None
+    if study.sharpness is not None:
+        rows = study.sharpness.rows(len(x))
+        probe = curvature(model, p.loss_fn, x[:rows], y[:rows], optimizer, config.optimizer,
+                          study.sharpness.iterations)
+        record_curvature(out, 0, probe, config.optimizer, initial=True)
 
     plateau = None
     if config.schedule == "plateau":
@@ -111,6 +167,8 @@ def train_one(study: Study, config: Config, seed: int) -> Outcome:
         out.epoch_learning_rate.append(lr)
         if out.first_nonfinite_step is not None:
             break
+        if probe is not None and study.sharpness.due(epoch):
+            record_curvature(out, epoch, probe, config.optimizer)
         if plateau is not None:
             plateau.on_epoch_end(epoch - 1, {"loss": out.epoch_loss[-1]})
     out.grad_norms = np.asarray(norms, dtype=np.float64)

@@ -5,7 +5,8 @@ gathers their data, `initial_evaluation` measures l0 on the whole training set, 
 `train_epochs` calls the compiled epoch once per epoch and keeps the host's per-run books:
 each epoch's telemetry, the step where a run turned non-finite (it stops there; what its
 weights hold afterwards is never read), and `ReduceLROnPlateau`'s rules (`plateau.Plateau`)
-at every epoch end. Batches follow `sweep.engines.batch_order`; every step has the batch
+at every epoch end; with `[telemetry] sharpness` on, `record_curvature` measures the live
+runs at initialisation and after every N-th epoch (`curvature`). Batches follow `sweep.engines.batch_order`; every step has the batch
 size, the partial last batch padded with its own rows (`pad_last_batch`)::
 
     >>> pad_last_batch(np.array([[5, 6, 7, 8, 9]]), 2).tolist()
@@ -23,6 +24,7 @@ import numpy as np
 from ...catalog import PLATEAU
 from ...spec import CLIP_AXES, Run, Study
 from .. import Outcome, batch_order, example_data
+from .curvature import measure_population
 from .model import initial_model
 from .plateau import Plateau
 from .program import Program, ProgramShape, program
@@ -156,8 +158,20 @@ def train_epochs(study: Study, p: Population, outcomes: list[Outcome], alive: np
             elif plateaus[k] is not None:
                 lr[k] = plateaus[k].on_epoch_end(o.epoch_loss[-1], float(lr[k]))
         steps_done += n_steps
+        if study.sharpness is not None and study.sharpness.due(epoch):
+            record_curvature(study, p, outcomes, theta, slots, steps_done, np.flatnonzero(alive), epoch)
         wall[live] += (time.perf_counter() - t0) / len(live)
     return norms
+
+
+def record_curvature(study: Study, p: Population, outcomes: list[Outcome], theta: list, slots: dict, steps: int,
+                     live: np.ndarray, epoch: int) -> None:
+    """The sharpness of the `live` runs after `epoch` (0: the initialised model) into their outcomes."""
+    sharp, precond = measure_population(p, theta, slots, steps, live, study.sharpness, initial=epoch == 0)
+    for k in live:
+        outcomes[k].sharpness[epoch] = float(sharp[k])
+        if p.runs[k].config.optimizer != "sgd":
+            outcomes[k].precond_sharpness[epoch] = float(precond[k])
 
 
 def train_population(study: Study, runs: Sequence[Run], jit: bool = True, clip_kinds: frozenset | None = None,
@@ -173,6 +187,8 @@ def train_population(study: Study, runs: Sequence[Run], jit: bool = True, clip_k
     alive = np.isfinite(l0)
     for k in np.flatnonzero(~alive):
         outcomes[k].first_nonfinite_step = 0
+    if study.sharpness is not None:
+        record_curvature(study, p, outcomes, p.theta, p.slots, 0, np.flatnonzero(alive), 0)
     # Wall time: the set-up is shared by all runs, an epoch by the runs still training in it.
     wall = np.full(K, (time.perf_counter() - started) / K)
     norms = train_epochs(study, p, outcomes, alive, wall)
