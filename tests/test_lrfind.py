@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from scripted_engine import ScriptedEngine
-from sweep import lrfind, lrfind_study, maps
+from sweep import lrfind, lrfind_study, maps, reports
 from sweep import study as driver
 from sweep.cli import main
 from sweep.lrfind import RULES, Tracker, schedule, suggest, trace
@@ -147,7 +147,7 @@ def test_lrfind_writes_one_row_per_setting_and_prints_the_comparison(tiny):
     root, _, result = tiny
     out = root / "results" / "tiny"
     table = pq.read_table(out / lrfind.LRFIND_FILE)
-    assert table.schema.metadata[b"schema_version"] == b"1"
+    assert table.schema.metadata[b"schema_version"] == reports.SCHEMA_VERSION.encode()
     df = lrfind.load_lrfind(out)
     assert len(df) == 4 and set(df["rule"]) == {"fastai"} and set(df["seed"]) == {0}
     assert (df["steps"] <= 100).all() and df["suggestion"].notna().all()
