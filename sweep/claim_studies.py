@@ -37,6 +37,7 @@ from .spec import CLIP_AXES, OPTIMIZERS, SCALERS, SETTING_AXES, Study, parse
 from .spec import format_value as _fmt
 
 SEEDS = (0, 1, 2, 3, 4)  # at least five seeds per configuration (docs/design.md)
+SHARPNESS = "{every_epochs = 5, iterations = 20, samples = 100}"
 QUICK_SEEDS = (0, 1)
 QUICK_EPOCHS = 2
 # The half-decade learning-rate ladder of the example study files (studies/*.toml).
@@ -126,6 +127,10 @@ def study_toml(ex: Example, kind: str, quick: bool = False, engine: str | None =
         lines.append(f'engine = "{engine}"')
     lines.append("[grid]")
     lines += [f"{axis} = [{_toml_values(values)}]" for axis, values in grid.items()]
+    if kind == "sweep" and not quick:
+        # The curvature's prediction of the edge beside the measured one in REPORT.md, on a
+        # 100-row subset of the training set (the cost: docs/curvature.md).
+        lines += ["[telemetry]", f"sharpness = {SHARPNESS}"]
     return "\n".join(lines) + "\n"
 
 
