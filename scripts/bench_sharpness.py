@@ -17,15 +17,19 @@ import statistics
 import time
 from dataclasses import replace
 
-from sweep.bench import bench_study, sample
-from sweep.spec import SharpnessTelemetry
+# Every pass compiles its programs, as `sweep bench`'s cold pass does: no compile cache. Set
+# before sweep imports TensorFlow, which reads XLA's flags once.
+os.environ["SWEEP_COMPILE_CACHE"] = "off"
+
+from sweep.bench import bench_study, sample  # noqa: E402
+from sweep.spec import SharpnessTelemetry  # noqa: E402
 
 
 def timed(study, runs) -> float:
-    from sweep.engines.population import PopulationEngine, forget
+    from sweep.engines.population import PopulationEngine, program
     from sweep.engines.population.curvature import probe
 
-    forget()
+    program.cache_clear()
     probe.cache_clear()
     started = time.perf_counter()
     outcomes = PopulationEngine().train(study, runs)
