@@ -182,21 +182,14 @@ def population(study: Study, runs: list[Run], ceiling: float, name: str = "popul
 
 def population_process(quick: bool, ceiling: float, cache: str, name: str) -> Measurement:
     """`population` in a fresh Python process whose compile cache is `cache`."""
-    import json
-    import os
-    import subprocess
-    import sys
+    from .xla import in_fresh_process
 
-    from .xla import ENV
-
-    env = {**os.environ, ENV: cache}
-    env.pop("TF_XLA_FLAGS", None)  # the child's cache is `cache`, whatever this process uses
     code = ("import json, sys; from sweep.bench import _child; "
             f"print(json.dumps(_child({quick!r}, {ceiling!r}, {name!r})))")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{name} pass failed:\n{done.stderr[-4000:]}")
-    return Measurement(**json.loads(done.stdout.strip().splitlines()[-1]))
+    try:
+        return Measurement(**in_fresh_process(code, cache))
+    except RuntimeError as exc:
+        raise RuntimeError(f"{name} pass failed: {exc}") from None
 
 
 def _child(quick: bool, ceiling: float, name: str) -> dict:

@@ -233,6 +233,26 @@ def active() -> Path | None:
     return None
 
 
+def in_fresh_process(code: str, cache: str, timeout: float | None = None):
+    """Run the Python `code` in a new interpreter whose compile cache is `cache` (a directory, or
+    "off"), whatever this process uses, and return the JSON value of the last line it printed;
+    RuntimeError with the end of its stderr if it fails. How a second sweep meets the cache::
+
+        >>> in_fresh_process("import json; print(json.dumps(2 + 2))", "off")
+        4
+    """
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, ENV: cache}
+    env.pop("TF_XLA_FLAGS", None)  # set by this process's own cache, if it has one
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"exit {done.returncode}:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 _local = threading.local()
 _traced: dict[int, str] = {}
 _traced_lock = threading.Lock()

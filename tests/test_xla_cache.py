@@ -3,10 +3,7 @@ compiled, a damaged entry is compiled again and changes no outcome, and the cach
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,11 +26,7 @@ print(json.dumps({"losses": [o.epoch_loss for o in outcomes], "cache": str(xla.a
 
 
 def train(cache: str) -> dict:
-    env = {**os.environ, xla.ENV: cache}
-    env.pop("TF_XLA_FLAGS", None)
-    done = subprocess.run([sys.executable, "-c", TRAIN], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return xla.in_fresh_process(TRAIN, cache, timeout=600)
 
 
 def entries(root: Path) -> dict[Path, int]:
