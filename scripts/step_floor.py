@@ -59,7 +59,7 @@ def interleaved_best(fns: dict, reps: int) -> dict:
 
 def step_epoch(study, runs) -> tuple:
     """The engine's own epoch for `runs` (one population), as a callable; also its steps and the
-    model's layer shapes."""
+    model's architecture."""
     import tensorflow as tf
 
     p = prepare(study, runs, True, None, None)
@@ -75,7 +75,7 @@ def step_epoch(study, runs) -> tuple:
                                   *p.thresholds)
         out[-1].numpy()
 
-    return epoch, n_steps, p.program.shape.archs[0].shapes
+    return epoch, n_steps, p.program.shape.archs[0]
 
 
 def dots_loops(K: int, B: int, shapes, steps: int) -> dict:
@@ -201,7 +201,8 @@ def main() -> None:
     for B, populations in sorted(by_batch.items()):
         padded, count = populations[0], len(populations)
         K = len(padded)
-        epoch, n_steps, shapes = step_epoch(study, padded)
+        epoch, n_steps, arch = step_epoch(study, padded)
+        shapes = arch.shapes
         loops = 100
         best = interleaved_best({"step": epoch, **dots_loops(K, B, shapes, loops),
                                  "adam": update_loop(K, shapes, False, loops),
@@ -209,7 +210,7 @@ def main() -> None:
         step = best["step"] / n_steps
         dots = min(best["dots"], best["dots_t"]) / loops
         adam, optimizer = best["adam"] / loops, best["optimizer"] / loops
-        flops = K * B * (3 * sum(2 * i * o for i, o in shapes) - 2 * shapes[0][0] * shapes[0][1])
+        flops = K * B * arch.flops_per_sample()
         print(f"{B:>5} {K:>3} {n_steps:>5} | {step * 1e3:6.2f}ms {dots * 1e3:6.2f}ms {adam * 1e3:6.2f}ms "
               f"{optimizer * 1e3:7.2f}ms | {flops / dots / 1e9:12.1f} {(dots + adam) * 1e3:6.2f}ms "
               f"{(dots + optimizer) * 1e3:6.2f}ms")
