@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from rich.table import Table
 
 from . import reports
 from .lrfind import DEFAULT_RULE, LRFIND_FILE, RULES
+from .progress import progress_printer
 from .spec import MAX_RUNS, SpecError, load
 from .tables import SMALL_STUDY, cell_text, edge_move, map_table, pivot_axes, pivot_table, top_axes
 from .verdict import STATUSES
@@ -88,62 +88,6 @@ def validate(study_file: str, max_runs: int) -> None:
                       f"iterations on {rows} training rows")
 
 
-def _eta(rate: float, remaining: int) -> str:
-    if not rate:
-        return "?"
-    seconds = remaining / rate
-    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} d"
-
-
-def _progress_printer(total: int, before: Counter):
-    """A callback that shows progress (runs done/total, counts per status, runs/s, ETA): a
-    live bar on a terminal, a plain line every 5 s otherwise (logs, CI, `ray job submit`)."""
-    already = sum(before.values())
-    state = {"last": 0.0, "first": None}
-
-    def numbers(summary, sep: str) -> tuple[int, str, float]:
-        counts = before + summary.counts
-        text = " ".join(f"{s}{sep}{counts[s]}" for s in STATUSES if counts[s])
-        # Runs/s since the first rows came back: Ray's and the workers' start-up is not a rate.
-        if state["first"] is None and summary.ran:
-            state["first"] = (summary.seconds, summary.ran)
-        rate = 0.0
-        if state["first"] and summary.seconds > state["first"][0]:
-            rate = (summary.ran - state["first"][1]) / (summary.seconds - state["first"][0])
-        return already + summary.ran, text, rate
-
-    if console.is_terminal:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]} ETA {task.fields[eta]}"),
-                            TextColumn("{task.fields[counts]}"), console=console)
-        task = progress.add_task("runs", total=total, completed=already, rate="", eta="?",
-                                 counts=numbers(_Empty, ":")[1])
-        progress.start()
-
-        def update(summary, rows):
-            done, counts, rate = numbers(summary, ":")
-            progress.update(task, completed=done, rate=f"{rate:.2f} runs/s", counts=counts,
-                            eta=_eta(rate, total - done))
-
-        return update, progress.stop
-
-    def line(summary, rows):
-        now = time.monotonic()
-        done, counts, rate = numbers(summary, "=")
-        if now - state["last"] < 5 and done < total:
-            return
-        state["last"] = now
-        click.echo(f"runs {done}/{total}  {rate:.2f} runs/s  ETA {_eta(rate, total - done)}  {counts}")
-
-    return line, lambda: None
-
-
-class _Empty:
-    ran, seconds, counts = 0, 0.0, Counter()
-
-
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @click.option("--results", "results_dir", default="results", show_default=True, help="Where DIR/<study name>/ goes.")
@@ -173,7 +117,7 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
     where = f"Ray at {address}" if address else "a private local Ray"
     click.echo(f"{s.name}: {total} runs planned, {sum(before.values())} already recorded in {out}; "
                f"training on {where}")
-    update, stop = _progress_printer(total, before)
+    update, stop = progress_printer(total, before, console)
     try:
         summary = driver.run(s, results_dir, engine=engine, max_trials=max_trials, address=address,
                              storage=storage, cpus_per_worker=cpus_per_worker, on_batch=update)
