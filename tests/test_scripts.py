@@ -38,12 +38,15 @@ def test_step_floor_applies_its_headroom_to_the_bench_figures(tmp_path):
     assert re.search(r"^\s+32\s+8\s+32 \|", out, re.M), out  # the quick set: batch 32, K 8, 32 steps an epoch
     headrooms = [float(h) for h in re.findall(r"(\d+\.\d+)x \(dots \+", out)]
     bounds = re.findall(r"speedup_cached <= (\d+)x, speedup \(cold, compiling as now\) <= (\d+)x, "
-                        r"share of the ceiling <= (\d+)%", out)
-    assert len(headrooms) == len(bounds) == 2, out
-    for h, (cached, cold, share) in zip(headrooms, bounds):
+                        r"share of the ceiling <= (\d+)%.*; cold compiling nothing <= (\d+)x", out)
+    # Three floors: dots + adam, dots + optimizer, and the latter with the activations on top.
+    assert len(headrooms) == len(bounds) == 3, out
+    assert headrooms[1] > headrooms[2], out
+    for h, (cached, cold, share, cold_free) in zip(headrooms, bounds):
         assert int(cached) == pytest.approx(25 * h, abs=0.5 + 25 * 0.005)
         # Cold: the 4 s of compiling stay, the 16 s of training shrink by the headroom.
         assert int(cold) == pytest.approx(20 * 20 / (4 + 16 / h), abs=0.5 + 20 * 0.005)
+        assert int(cold_free) == pytest.approx(20 * 20 / (16 / h), abs=0.5 + 20 * 0.005)
         assert int(share) == pytest.approx(12.5 * h, abs=0.5 + 12.5 * 0.005)
 
 
