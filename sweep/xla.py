@@ -23,7 +23,9 @@ Three things stand between that flag and a cache a sweep can rely on:
   `DataLossError` in the middle of a run, and flipped bytes in the machine code would run.
   Every entry this process sees compiled is sealed with a SHA-256 beside it (`seal`); at start a
   process deletes every entry whose seal is missing or does not match (`check`), so a damaged
-  entry is compiled again, never loaded. Past `MAX_BYTES` the least recently used entries go.
+  entry is compiled again, never loaded. The seal also records the entry's inode, size and
+  change time once they have settled, and an entry that still has them is not hashed again:
+  any write or replacement changes them. Past `MAX_BYTES` the least recently used entries go.
 
     >>> import os, tempfile
     >>> saved = os.environ.get("SWEEP_COMPILE_CACHE")
@@ -73,6 +75,8 @@ SEAL = ".sha256"
 # TensorFlow writes an entry to a temporary file and renames it; one left by a killed process
 # is removed once it is older than this.
 STALE_TEMP_SECONDS = 3600.0
+# A seal vouches for an entry by its change time only once that time is this far in the past.
+SETTLED_SECONDS = 2.0
 # Every population size of every group is its own entry (about 0.5 MB for the catalog's models),
 # so the cache grows with every new study; past this size the least recently used go.
 MAX_BYTES = 2 << 30
@@ -119,15 +123,30 @@ def directory() -> Path | None:
     return base / f"xla-{tf_version}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _identity(st: os.stat_result) -> str:
+    """What changes whenever a file is written or replaced: its inode, size and change time
+    (which, unlike the modification time, no call can set back)."""
+    return f"{st.st_ino} {st.st_size} {st.st_ctime_ns}"
 
 
-def _write_seal(entry: Path, digest: str) -> None:
+def _digest(path: Path) -> tuple[str, str | None]:
+    """The file's SHA-256, and its identity if it can vouch for that content at a later check:
+    the file did not change while it was read, and its last change is older than
+    `SETTLED_SECONDS`, so that any later write gets a later change time (file times advance
+    by the kernel's clock tick, not by the nanosecond)."""
+    with open(path, "rb") as f:
+        before = os.fstat(f.fileno())
+        digest = hashlib.sha256(f.read()).hexdigest()
+        after = os.fstat(f.fileno())
+    settled = time.time_ns() - after.st_ctime_ns > SETTLED_SECONDS * 1e9
+    return digest, (_identity(after) if settled and _identity(before) == _identity(after) else None)
+
+
+def _write_seal(entry: Path, digest: str, identity: str | None) -> None:
     # Written to a temporary name and renamed, so that a reader never sees half a seal.
     seal_path = entry.with_name(entry.name + SEAL)
     temp = seal_path.with_name(f"{seal_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    temp.write_text(digest)
+    temp.write_text(digest if identity is None else f"{digest} {identity}")
     os.replace(temp, seal_path)
 
 
@@ -138,11 +157,30 @@ def seal(d: Path) -> int:
     for entry in d.glob(ENTRY_GLOB):
         if not entry.with_name(entry.name + SEAL).exists():
             try:
-                _write_seal(entry, _digest(entry))
+                _write_seal(entry, *_digest(entry))
                 sealed += 1
             except FileNotFoundError:  # another process removed it meanwhile
                 pass
     return sealed
+
+
+def _intact(entry: Path, seal_path: Path) -> bool:
+    """Whether the entry holds what its seal says. An entry unchanged since its seal was
+    written (the same identity) is not read again: hashing every entry at every start costs
+    about a second per 300 MB, in the driver and in every worker. Otherwise it is hashed, and
+    its seal brought up to date when the content is right (say, the cache was copied)."""
+    try:
+        digest, _, identity = seal_path.read_text().strip().partition(" ")
+        if identity and identity == _identity(entry.stat()):
+            return True
+        actual, now = _digest(entry)
+    except FileNotFoundError:
+        return False
+    if actual != digest:
+        return False
+    if now is not None:
+        _write_seal(entry, digest, now)
+    return True
 
 
 def check(d: Path) -> int:
@@ -153,11 +191,7 @@ def check(d: Path) -> int:
         return 0
     for entry in d.glob(ENTRY_GLOB):
         seal_path = entry.with_name(entry.name + SEAL)
-        try:
-            good = seal_path.read_text().strip() == _digest(entry)
-        except FileNotFoundError:
-            good = False
-        if not good:
+        if not _intact(entry, seal_path):
             for path in (entry, seal_path):
                 path.unlink(missing_ok=True)
             deleted += 1

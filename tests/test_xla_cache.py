@@ -62,6 +62,48 @@ def test_a_second_process_loads_what_the_first_compiled_and_damage_is_rebuilt(tm
     assert xla.check(Path(first["cache"])) == 0  # what was rebuilt is sealed again
 
 
+def test_an_entry_unchanged_since_its_seal_is_not_read_again(tmp_path, monkeypatch):
+    """A start checks a full cache by its files' identities; hashing every entry again would cost
+    about a second per 300 MB in the driver and in every worker. A change is still caught."""
+    import time
+
+    monkeypatch.setattr(xla, "SETTLED_SECONDS", 0.02)
+    hashed = []
+    digest = xla._digest
+    monkeypatch.setattr(xla, "_digest", lambda path: hashed.append(path.name) or digest(path))
+    entries = [tmp_path / f"xla_compile_cache__{i}__XLA_CPU_JIT.pb" for i in range(3)]
+    for i, entry in enumerate(entries):
+        entry.write_bytes(b"executable %d" % i)
+    # A seal of the first format, the digest only: hashed once, then brought up to date.
+    entries[2].with_name(entries[2].name + xla.SEAL).write_text(digest(entries[2])[0])
+    time.sleep(0.1)  # past SETTLED_SECONDS: later writes get a later change time
+    assert xla.seal(tmp_path) == 2 and xla.check(tmp_path) == 0
+    assert sorted(hashed) == sorted(e.name for e in entries)  # two sealed, the old seal verified
+    hashed.clear()
+    assert xla.check(tmp_path) == 0 and hashed == []  # nothing read: every identity is the same
+
+    time.sleep(0.1)
+    data = bytearray(entries[0].read_bytes())
+    data[3] ^= 0xFF
+    entries[0].write_bytes(bytes(data))  # same inode, same size, flipped in place
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(b"executable X")
+    os.replace(replacement, entries[1])  # same size, renamed over it
+    assert xla.check(tmp_path) == 2 and sorted(hashed) == sorted(e.name for e in entries[:2])
+    assert [e.exists() for e in entries] == [False, False, True]
+
+
+def test_a_seal_written_as_its_entry_changes_does_not_vouch_for_it(tmp_path):
+    """An entry sealed within SETTLED_SECONDS of its last change is hashed at every check: a
+    write in the same tick of the kernel's clock would leave its change time as it was."""
+    entry = tmp_path / "xla_compile_cache__0__XLA_CPU_JIT.pb"
+    entry.write_bytes(b"executable")
+    assert xla.seal(tmp_path) == 1
+    assert " " not in entry.with_name(entry.name + xla.SEAL).read_text()  # the digest alone
+    entry.write_bytes(b"executab1e")
+    assert xla.check(tmp_path) == 1 and not entry.exists()
+
+
 def test_off_writes_nothing_and_sets_no_flag(tmp_path, monkeypatch):
     monkeypatch.setenv(xla.ENV, "off")
     monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
