@@ -14,7 +14,6 @@ repeats), so the probe compiles once per program, whatever the number of runs st
 
 from __future__ import annotations
 
-import functools
 import threading
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import numpy as np
 from ...sharpness import first_step_slots, measure, preconditioner, start_vector
 from ...spec import SharpnessTelemetry
 from .model import Architecture
+from .program import kept
 from .step import ADAM, RMSPROP, SLOTS, forward, per_sample_loss
 
 HYPER = {"adam": ADAM, "rmsprop": RMSPROP, "sgd": {}}
@@ -121,7 +121,7 @@ def call(pr: Probe, name: str, args: tuple):
     return out
 
 
-@functools.lru_cache(maxsize=64)
+@kept
 def probe(shape: ProbeShape) -> Probe:
     """Probes live as long as the worker, like the programs."""
     return Probe(shape)

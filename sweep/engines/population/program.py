@@ -20,7 +20,9 @@ bookkeeping (`tally`) done inside the compiled loop, so the host sees one call p
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
+from typing import Callable, Hashable, TypeVar
 
 from ... import xla
 from .model import Architecture
@@ -159,7 +161,55 @@ class Program:
         return theta, slots, alive, stats, norms.stack()
 
 
-@functools.lru_cache(maxsize=64)
+T = TypeVar("T")
+
+
+def kept(build: Callable[[Hashable], T], maxsize: int = 64) -> Callable[[Hashable], T]:
+    """`build(key)` once per key for the life of the worker (the last `maxsize` keys), however
+    many threads ask at once. `functools.lru_cache` builds again for a thread that misses while
+    another is building, and the engine's threads start together: they traced the same
+    program twice at the start of every sweep::
+
+        >>> import threading, time
+        >>> calls = []
+        >>> @kept
+        ... def slow(key):
+        ...     calls.append(key); time.sleep(0.05); return object()
+        >>> got = []
+        >>> threads = [threading.Thread(target=lambda: got.append(slow("a"))) for _ in range(4)]
+        >>> for t in threads: t.start()
+        >>> for t in threads: t.join()
+        >>> len(calls), len({id(g) for g in got})
+        (1, 1)
+    """
+    built: dict = {}
+    locks: dict = {}
+    guard = threading.Lock()
+
+    @functools.wraps(build)
+    def get(key):
+        with guard:
+            lock = locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in built:
+                built[key] = build(key)
+                if len(built) > maxsize:
+                    oldest = next(iter(built))
+                    del built[oldest]
+                    with guard:
+                        locks.pop(oldest, None)
+            return built[key]
+
+    def cache_clear() -> None:
+        with guard:
+            built.clear()
+            locks.clear()
+
+    get.cache_clear = cache_clear  # type: ignore[attr-defined]
+    return get
+
+
+@kept
 def program(shape: ProgramShape) -> Program:
     """Compiled programs live as long as the worker: later batches of the same group reuse them."""
     return Program(shape)
