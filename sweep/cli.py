@@ -33,6 +33,12 @@ console = Console()
 err = Console(stderr=True)
 
 
+def wide(columns: int) -> Console:
+    """The console, at least `columns` wide: a table whose cells must not be cut (a log file or a
+    pipe is 80 columns to rich) is printed whole and left to wrap."""
+    return Console(width=max(console.width, columns))
+
+
 class BadInput(click.ClickException):
     exit_code = 2
 
@@ -238,7 +244,7 @@ def bench(quick: bool, results_dir: str) -> None:
                       f"{m.gflop_per_s:.1f}" if m.gflop_per_s else "-",
                       f"{m.ceiling_fraction:.0%}" if m.ceiling_fraction else "-",
                       f"{m.peak_rss_mib:.0f}" if m.peak_rss_mib else "-")
-    console.print(table)
+    wide(110).print(table)  # "population_cached 1" and seven columns
     for name in ("population_cached", "population"):
         pairs = pair_speedups(measurements, name)
         if len(pairs) > 1:
@@ -265,7 +271,7 @@ def lrfind(study_file: str, results_dir: str, rule: str) -> None:
     except (PermissionError, StudyConflict, reports.ResultsError) as exc:
         raise BadInput(str(exc)) from None
     # Ten columns do not fit 80 characters; a cut column would hide the very comparison.
-    Console(width=max(console.width, 140)).print(
+    wide(140).print(
         rangetest.table(comparison, f"{out}: LR range test ({rule}) against the measured edge"))
     click.echo(rangetest.summary(comparison))
     click.echo(f"wrote {out / LRFIND_FILE}")
