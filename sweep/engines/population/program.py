@@ -142,7 +142,9 @@ class Program:
         stats = dict(loss_sum=tf.zeros([k], f64), acc_sum=tf.zeros([k], f64), seen=tf.zeros([k], f64),
                      norm_max=tf.zeros([k], tf.float32), clipped=tf.zeros([k], tf.int32),
                      dead_at=tf.fill([k], tf.constant(-1, tf.int32)))
-        norms = tf.TensorArray(tf.float32, size=n_steps)
+        # A tensor updated in place, not a TensorArray: a loop that carries a TensorArray is
+        # lowered to XLA twice (once to learn the array's shape), 0.5 s per program.
+        norms = tf.zeros([n_steps, k], tf.float32)
 
         def one_step(s, theta, slots, alive, stats, norms):
             idx = tf.gather(order, s, axis=1)
@@ -153,12 +155,12 @@ class Program:
                 theta, slots, iteration, tf.gather(x, idx), tf.gather(y, idx), valid, tf.cast(size, tf.float32),
                 choice, lr, clipnorm, global_clipnorm, clipvalue)
             stats = tally(stats, alive, finite, acted, loss, acc, norm, size, iteration)
-            return s + 1, theta, slots, alive & finite, stats, norms.write(s, norm)
+            return s + 1, theta, slots, alive & finite, stats, tf.tensor_scatter_nd_update(norms, [[s]], [norm])
 
         # An explicit while loop: the function is traced without AutoGraph, which traces faster.
         _, theta, slots, alive, stats, norms = tf.while_loop(
             lambda s, *_: s < n_steps, one_step, (tf.constant(0), theta, slots, alive, stats, norms))
-        return theta, slots, alive, stats, norms.stack()
+        return theta, slots, alive, stats, norms
 
 
 T = TypeVar("T")
