@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sweep import study as driver
+from sweep.driver import session as driver
 from sweep.engines import Outcome
 from sweep.engines.population import GPU_MAX_K
-from sweep.pool import LocalPool
+from sweep.driver.pool import LocalPool
 from sweep.spec import parse
-from sweep.workers import execute
+from sweep.driver.workers import execute
 
 
 class InstantEngine:

@@ -1,5 +1,5 @@
 """What the curvature telemetry costs the population engine: the bench set of `sweep bench`
-(`sweep.bench.bench_study`) trained with `[telemetry]` off and with
+(`sweep.probes.bench.bench_study`) trained with `[telemetry]` off and with
 `sharpness = {every_epochs = 5, iterations = 20}` (optionally `samples = S`), as back-to-back
 pairs so that both sides of a pair share the machine's drift, each pass from cold (compiled
 programs and probes dropped, as `sweep bench` times the engine). Prints each pair and the
@@ -21,7 +21,7 @@ from dataclasses import replace
 # before sweep imports TensorFlow, which reads XLA's flags once.
 os.environ["SWEEP_COMPILE_CACHE"] = "off"
 
-from sweep.bench import bench_study, sample  # noqa: E402
+from sweep.probes.bench import bench_study, sample  # noqa: E402
 from sweep.spec import SharpnessTelemetry  # noqa: E402
 
 

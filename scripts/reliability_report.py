@@ -4,7 +4,7 @@
     python scripts/reliability_report.py            # every case (~25 min on 2 cores)
     python scripts/reliability_report.py --quick    # crash points on the in-process driver only, no cli sessions (~5 min)
 
-Crash points: the driver SIGKILLed at every point of `sweep.faults.POINTS`, then the same
+Crash points: the driver SIGKILLed at every point of `sweep.results.faults.POINTS`, then the same
 command again (in-process scripted driver, and without --quick also the real `sweep run`
 with the keras engine on a private Ray). Worker faults: an actor killed mid-batch, a run
 that raises, a run past its timeout, a node removed from a two-node Ray cluster. Bad inputs:
@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import fault_cases  # noqa: E402
-from sweep import faults  # noqa: E402
+from sweep.results import faults  # noqa: E402
 
 
 def main() -> int:
@@ -53,7 +53,7 @@ def main() -> int:
         record(fault_cases.node_removed(work / "node"))
         from scripted_engine import ship_to_workers
 
-        from sweep.cluster import ray_cluster
+        from sweep.driver.cluster import ray_cluster
 
         ship_to_workers()
         with ray_cluster(None, num_cpus=3):

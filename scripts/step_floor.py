@@ -44,7 +44,7 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-from sweep.bench import bench_study, matmul_ceiling
+from sweep.probes.bench import bench_study, matmul_ceiling
 from sweep.engines import batch_order
 from sweep.engines.population.engine import group_key, schedule
 from sweep.engines.population.step import clip, update
@@ -278,7 +278,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="the bench's quick set, one repetition")
     args = parser.parse_args()
-    from sweep.cluster import import_tensorflow
+    from sweep.engines.runtime import import_tensorflow
 
     import_tensorflow(threads=1)  # one thread: the engine trains one population per core
     reps = 1 if args.quick else args.reps

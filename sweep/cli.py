@@ -14,19 +14,19 @@ from pathlib import Path
 
 # TensorFlow's and Ray's start-up chatter is not a warning the user can act on; real
 # Python warnings still show. Set before anything imports them.
-from .cluster import quiet_environment  # noqa: E402
+from .engines.runtime import quiet_environment  # noqa: E402
 
 quiet_environment()
 
 import click
 from rich.console import Console
-from rich.table import Table
 
-from . import reports
-from .lrfind import DEFAULT_RULE, LRFIND_FILE, RULES
-from .progress import progress_printer
+from .driver.progress import plan_text, progress_printer, summary_text
+from .probes.lrfind import DEFAULT_RULE, RULES
+from .results import reports
+from .results.rangetest import LRFIND_FILE
+from .results.tables import SMALL_STUDY, map_table, pivot_axes, pivot_table, runs_table, top_axes
 from .spec import MAX_RUNS, SpecError, load
-from .tables import SMALL_STUDY, cell_text, edge_move, map_table, pivot_axes, pivot_table, top_axes
 from .verdict import STATUSES
 
 console = Console()
@@ -67,7 +67,7 @@ MAX_RUNS_OPTION = click.option("--max-runs", type=click.IntRange(min=1), default
 def main(no_compile_cache: bool) -> None:
     """Measure where TensorFlow training is stable."""
     if no_compile_cache:
-        from .xla import ENV
+        from .engines.xla import ENV
 
         os.environ[ENV] = "off"  # this process and the workers it starts (they inherit it)
 
@@ -77,21 +77,8 @@ def main(no_compile_cache: bool) -> None:
 @MAX_RUNS_OPTION
 def validate(study_file: str, max_runs: int) -> None:
     """Check STUDY_FILE and print the plan; exit 2 naming every wrong field."""
-    study = _load_study(study_file, max_runs)
-    plan = study.plan()
-    table = Table(title=f"{study.name}: {study.example}, {study.epochs} epochs, sampler {study.sampler}, engine {study.engine}")
-    table.add_column("axis")
-    table.add_column("values")
-    for axis, values in study.grid.items():
-        table.add_row(axis, ", ".join("none" if v is None else str(v) for v in values))
-    table.add_row("seeds", ", ".join(map(str, study.seeds)))
-    console.print(table)
-    n_configs = len(study.configs())
-    console.print(f"{n_configs} configurations x {len(study.seeds)} seeds = {len(plan)} runs")
-    if (s := study.sharpness) is not None:
-        rows = "all" if s.samples is None else f"the first {s.samples}"
-        console.print(f"telemetry: sharpness at epoch 0 and every {s.every_epochs} epochs, {s.iterations} power "
-                      f"iterations on {rows} training rows")
+    for part in plan_text(_load_study(study_file, max_runs)):
+        console.print(part)
 
 
 @main.command()
@@ -110,8 +97,8 @@ def validate(study_file: str, max_runs: int) -> None:
 def run(study_file: str, results_dir: str, address: str | None, engine: str | None, max_trials: int | None,
         storage: str | None, cpus_per_worker: float, max_runs: int) -> None:
     """Run or resume STUDY_FILE; results go to RESULTS/<study name>/."""
-    from . import study as driver
-    from .optuna_study import StorageConflict
+    from .driver import session as driver
+    from .driver.optuna_study import StorageConflict
 
     s = _load_study(study_file, max_runs)
     try:
@@ -133,28 +120,8 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
         raise click.ClickException(str(exc)) from None
     finally:
         stop()
-    _print_summary(summary)
-
-
-def _print_summary(summary) -> None:
-    trials = reports.load_trials(summary.study_dir)
-    counts = trials["status"].value_counts()
-    table = Table(title=f"{summary.study_dir}: {len(trials)} of {summary.planned} runs recorded")
-    table.add_column("status")
-    table.add_column("runs", justify="right")
-    table.add_column("this session", justify="right")
-    for s in STATUSES:
-        if counts.get(s, 0):
-            table.add_row(s, str(int(counts[s])), str(summary.counts.get(s, 0)))
-    console.print(table)
-    if any(summary.reconciled.values()):
-        console.print("Optuna copy brought level with trials/: " +
-                      ", ".join(f"{k} {v}" for k, v in summary.reconciled.items() if v))
-    if summary.ran:
-        overhead = sum(v for k, v in summary.phases.items() if k != "start") / summary.ran
-        console.print(f"this session: {summary.ran} runs in {summary.seconds:.1f} s "
-                      f"({summary.ran / summary.seconds:.2f} runs/s) on {summary.workers} workers; "
-                      f"driver {overhead * 1000:.2f} ms per run")
+    for part in summary_text(summary, reports.load_trials(summary.study_dir)):
+        console.print(part)
 
 
 @main.command()
@@ -167,18 +134,7 @@ def show(study_dir: str, status: str | None, limit: int) -> None:
         df = reports.load_trials(study_dir)
     except reports.ResultsError as exc:
         raise BadInput(str(exc)) from None
-    if status:
-        df = df[df["status"] == status]
-    from .spec import AXES
-
-    varying = [a for a in AXES if df[a].nunique(dropna=False) > 1] or ["learning_rate"]
-    cols = ["trial", "seed", *varying, "status", "final_loss_ratio", "first_nonfinite_step", "grad_norm_max"]
-    table = Table(title=f"{study_dir}: {len(df)} runs" + (f" with status {status}" if status else ""))
-    for c in cols:
-        table.add_column(c, justify="right" if c not in ("status",) else "left")
-    for _, r in df.head(limit).iterrows():
-        table.add_row(*[cell_text(r[c]) for c in cols])
-    console.print(table)
+    console.print(runs_table(df, study_dir, status, limit))
 
 
 @main.command()
@@ -186,7 +142,7 @@ def show(study_dir: str, status: str | None, limit: int) -> None:
 @click.argument("trial", type=int)
 def repro(study_dir: str, trial: int) -> None:
     """Print a standalone Keras script that reproduces one run."""
-    from .repro import script
+    from .results.repro import script
 
     try:
         click.echo(script(study_dir, trial), nl=False)
@@ -203,8 +159,8 @@ def repro(study_dir: str, trial: int) -> None:
                    "reference studies train on keras, the space studies on population.")
 def reproduce(quick: bool, results_dir: str, engine: str | None) -> None:
     """Run every document claim; write claims.parquet and REPORT.md; print the claims table."""
-    from .claims import reproduce as run_claims
-    from .report import given, where_text
+    from .claims.report import claim_text
+    from .claims.reproduce import reproduce as run_claims
 
     command = "sweep reproduce" + (" --quick" if quick else "") + f" --results {results_dir}" + (
         f" --engine {engine}" if engine else "")
@@ -213,11 +169,7 @@ def reproduce(quick: bool, results_dir: str, engine: str | None) -> None:
     click.echo(f"{results_dir}/claims.parquet: {int(claims['reproduced'].sum())} of {len(claims)} claims reproduced")
     # One block of sentences per claim: eight columns of prose do not fit a terminal.
     for _, c in claims.iterrows():
-        _print_lines(f"{c['example']}: reproduced {'yes' if c['reproduced'] else 'no'}", [
-            f"at the document's failure configuration ({c['failure_config']}): {c['measured_failure']}",
-            f"at its fix ({c['fix_config']}): {c['measured_fix']}",
-            f"where the claimed failure occurs: {where_text(c)}",
-            f"the fix there: {given(c['fix_note'])}"])
+        _print_lines(*claim_text(c))
     click.echo(f"wrote {Path(results_dir) / 'claims.parquet'} and {Path(results_dir) / 'REPORT.md'}")
 
 
@@ -228,29 +180,12 @@ def bench(quick: bool, results_dir: str) -> None:
     """Time the population engine (cold, and with its compiled programs cached), the keras engine
     through the pool and the plain Keras loop on the same configurations; the last lines are
     `speedup_cached: N.Nx` and `speedup: N.Nx` (population / plain loop)."""
-    from .bench import PAIRED, pair_speedups, run_bench, speedup
+    from .probes.bench import run_bench, speedup_lines, table
 
     measurements = run_bench(quick=quick, results=results_dir, progress=lambda s: click.echo(s, err=True))
-    details = {m.measurement: m.detail for m in measurements}
-    table = Table(title=f"sweep bench{' --quick' if quick else ''}: exploding_gradients, written to "
-                        f"{Path(results_dir) / 'bench.parquet'}",
-                  caption="\n".join(f"{name}: {detail}" for name, detail in details.items()), caption_justify="left")
-    for c in ("measurement", "runs", "seconds", "runs/s", "GFLOP/s", "of ceiling", "peak RSS MiB"):
-        table.add_column(c, justify="left" if c == "measurement" else "right", no_wrap=True)
-    for m in measurements:
-        name = f"{m.measurement} {m.repetition + 1}" if m.measurement in PAIRED else m.measurement
-        table.add_row(name, str(m.runs) if m.runs else "-", f"{m.seconds:.2f}",
-                      f"{m.runs_per_s:.2f}" if m.runs_per_s else "-",
-                      f"{m.gflop_per_s:.1f}" if m.gflop_per_s else "-",
-                      f"{m.ceiling_fraction:.0%}" if m.ceiling_fraction else "-",
-                      f"{m.peak_rss_mib:.0f}" if m.peak_rss_mib else "-")
-    wide(110).print(table)  # "population_cached 1" and seven columns
-    for name in ("population_cached", "population"):
-        pairs = pair_speedups(measurements, name)
-        if len(pairs) > 1:
-            click.echo(f"{name} N / plain_fit N: {', '.join(f'{x:.1f}x' for x in pairs)}; median below")
-    click.echo(f"speedup_cached: {speedup(measurements, 'population_cached'):.1f}x")
-    click.echo(f"speedup: {speedup(measurements):.1f}x")
+    wide(110).print(table(measurements, quick, Path(results_dir) / "bench.parquet"))  # seven columns, uncut
+    for line in speedup_lines(measurements):
+        click.echo(line)
 
 
 @main.command()
@@ -261,8 +196,8 @@ def bench(quick: bool, results_dir: str) -> None:
 def lrfind(study_file: str, results_dir: str, rule: str) -> None:
     """The LR range test of every setting of STUDY_FILE, beside the edge the sweep measured;
     writes RESULTS/<study>/lrfind.parquet (and the suggestion into boundary.parquet)."""
-    from . import lrfind_study as rangetest
-    from .study import StudyConflict
+    from .probes import lrfind_study as rangetest
+    from .driver.session import StudyConflict
 
     s = _load_study(study_file)
     try:
@@ -297,12 +232,6 @@ def _print_lines(heading: str, lines: list[str]) -> None:
         click.echo(text.replace("\0", " "))
 
 
-def _condition_lines(conditions_df) -> list[str]:
-    from .conditions import describe
-
-    return [describe(c) for _, c in conditions_df.iterrows()] or ["no run failed"]
-
-
 @main.command("map")
 @click.argument("study_dir", type=click.Path(file_okay=False))
 @click.option("--png", is_flag=True, help="Also write the plots under STUDY_DIR/plots/.")
@@ -311,48 +240,31 @@ def _condition_lines(conditions_df) -> list[str]:
 def map_(study_dir: str, png: bool, every_setting: bool) -> None:
     """Print the stability map: the edge learning rate and what lies beyond it, per setting
     (a small study or --all) or pivoted over the two axes that move it most."""
-    from . import maps
-    from .conditions import conditions
-    from .effects import effects
+    from .answers import conditions, effects
+    from .results import maps
 
     trials = _recorded(study_dir)
     map_df, boundary = maps.build(trials)
     lrs = _grid_learning_rates(study_dir) or sorted(map_df["learning_rate"].unique())
     title = (f"{study_dir}: {trials['example'].iloc[0]}, {len(boundary)} settings, {len(trials)} runs, "
              f"{len(lrs)} learning rates")
-    effects_df = effects(map_df, boundary)
+    effects_df = effects.effects(map_df, boundary)
     if every_setting or len(boundary) <= SMALL_STUDY:
         console.print(map_table(map_df, boundary, lrs, title))
-        _print_lines("What each value does to the edge (sweep effects):", _effect_lines(effects_df))
+        _print_lines("What each value does to the edge (sweep effects):", effects.lines(effects_df))
     else:
         axes = pivot_axes(boundary, top_axes(effects_df, boundary))
         _print_lines(f"The axes that move the edge most: {' and '.join(axes)} (sweep effects):",
-                     [_strongest_effect(effects_df, a) for a in axes])
+                     [effects.strongest(effects_df, a) for a in axes])
         console.print(pivot_table(map_df, boundary, lrs, axes, title))
         click.echo(textwrap.fill(f"Every one of the {len(boundary)} settings: sweep map {study_dir} --all "
                                  "(and boundary.parquet).", console.width))
-    _print_lines("Where each failure occurs:", _condition_lines(conditions(trials)))
+    _print_lines("Where each failure occurs:", conditions.lines(conditions.conditions(trials)))
     if png:
-        from .plots import write_plots
+        from .plots.figures import write_plots
 
         for path in write_plots(study_dir):
             click.echo(f"wrote {path}")
-
-
-def _effect_lines(effects_df) -> list[str]:
-    """Every effect in plain words, the largest move of the edge first."""
-    from .effects import describe
-
-    moved = sorted(effects_df.to_dict("records"), key=lambda e: -edge_move(e))
-    return [describe(e) for e in moved] or ["no axis varies: nothing to compare"]
-
-
-def _strongest_effect(effects_df, axis: str) -> str:
-    from .effects import describe
-
-    rows = effects_df[effects_df["axis"] == axis]
-    moved = [edge_move(e) for _, e in rows.iterrows()]
-    return describe(rows.iloc[moved.index(max(moved))]) if moved else f"{axis}: no paired settings"
 
 
 @main.command("effects")
@@ -360,7 +272,8 @@ def _strongest_effect(effects_df, axis: str) -> str:
 def effects_(study_dir: str) -> None:
     """What each axis value does to the edge, and where each failure occurs; writes
     effects.parquet and conditions.parquet in STUDY_DIR."""
-    from . import conditions, effects, maps
+    from .answers import conditions, effects
+    from .results import maps
 
     trials = _recorded(study_dir)
     map_df, boundary = maps.build(trials)
@@ -370,8 +283,8 @@ def effects_(study_dir: str) -> None:
     except OSError as exc:  # a read-only or full results directory: a line, not a traceback (exit 1)
         raise click.ClickException(f"{study_dir}: cannot write the answers: {exc.strerror or exc}") from None
     _print_lines(f"What each value does to the edge against its axis's reference, over {len(boundary)} "
-                 "settings, largest move first:", _effect_lines(effects_df))
-    _print_lines("Where each failure occurs:", _condition_lines(conditions_df))
+                 "settings, largest move first:", effects.lines(effects_df))
+    _print_lines("Where each failure occurs:", conditions.lines(conditions_df))
     for name in (effects.EFFECTS_FILE, conditions.CONDITIONS_FILE):
         click.echo(f"wrote {Path(study_dir) / name}")
 

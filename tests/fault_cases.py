@@ -5,11 +5,11 @@ node removed, a disk filled) and is then checked. The tests run them, and so doe
 Every case returns a `Result`: what was tried, whether every check held, how many planned
 runs ended with no row (lost) or with more than one (duplicated), and what went wrong.
 
-Crash cases kill the driver with SIGKILL at a named point (`sweep.faults`) and run the
+Crash cases kill the driver with SIGKILL at a named point (`sweep.results.faults`) and run the
 same command again. Two drivers:
 
 * `cli`: the real `sweep run STUDY --results DIR`, keras engine, private local Ray;
-* `local`: the same driver code (`sweep.study.run`: plan, commits, Optuna copy, maps) in a
+* `local`: the same driver code (`sweep.driver.session.run`: plan, commits, Optuna copy, maps) in a
   process of its own with a deterministic scripted engine trained in-process and a commit
   every 4 runs, so that a point's nth visit falls mid-sweep, and each case takes seconds.
 
@@ -33,8 +33,8 @@ ROOT = TESTS.parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from sweep import faults  # noqa: E402
-from sweep.pool import LocalPool  # noqa: E402
+from sweep.results import faults  # noqa: E402
+from sweep.driver.pool import LocalPool  # noqa: E402
 
 
 class ScriptedPool(LocalPool):
@@ -149,8 +149,8 @@ def run_session(cmd: list[str], fault: str | None = None, env_extra: dict | None
 def journal_appends_at_start() -> int:
     """How many journal appends a driver makes before its first commit (study creation, its
     attributes): the `journal.append` visit of the first commit is the next one."""
-    from sweep.optuna_journal import JOURNAL
-    from sweep.optuna_study import OptunaRecord
+    from sweep.driver.optuna_journal import JOURNAL
+    from sweep.driver.optuna_study import OptunaRecord
     from sweep.spec import parse
 
     with tempfile.TemporaryDirectory() as d:
@@ -199,7 +199,7 @@ def optuna_keys(study_dir: Path, name: str) -> tuple[Counter, list[str], dict]:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    from sweep.optuna_journal import JOURNAL
+    from sweep.driver.optuna_journal import JOURNAL
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ostudy = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(study_dir / JOURNAL))))
@@ -296,7 +296,7 @@ def crash_case(point: str, mode: str, work: Path, reference: dict) -> Result:
     return res
 
 
-# --- worker faults (a Ray connection is up: `sweep.cluster.ray_cluster` or a test Cluster) --
+# --- worker faults (a Ray connection is up: `sweep.driver.cluster.ray_cluster` or a test Cluster) --
 def scripted_study(name: str, lrs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3), seeds=(0, 1), timeout=None):
     from sweep.spec import parse
 
@@ -322,8 +322,8 @@ def actor_killed(results: Path) -> Result:
     """SIGKILL a busy actor mid-batch: its runs are trained again on a fresh actor."""
     from scripted_engine import ScriptedEngine
 
-    from sweep import study as driver
-    from sweep.raypool import RayPool
+    from sweep.driver import session as driver
+    from sweep.driver.raypool import RayPool
 
     s = scripted_study("killed")
     pool = RayPool(s, ScriptedEngine(seconds=0.3))
@@ -347,8 +347,8 @@ def run_raises(results: Path) -> Result:
     import sweep
     from scripted_engine import ScriptedEngine
 
-    from sweep import study as driver
-    from sweep.raypool import RayPool
+    from sweep.driver import session as driver
+    from sweep.driver.raypool import RayPool
 
     s = scripted_study("raises", lrs=(0.001, 0.01, 0.1))
     driver.run(s, results, pool=RayPool(s, ScriptedEngine(seconds=0.05, raise_at={0.01})))
@@ -364,8 +364,8 @@ def run_hangs(results: Path) -> Result:
     """A run past the study's timeout is a `timeout` row; its actor is replaced, the rest trained."""
     from scripted_engine import ScriptedEngine
 
-    from sweep import study as driver
-    from sweep.raypool import RayPool
+    from sweep.driver import session as driver
+    from sweep.driver.raypool import RayPool
 
     s = scripted_study("hangs", lrs=(0.001, 0.1, 0.3), seeds=(0,), timeout=3)
     driver.run(s, results, pool=RayPool(s, ScriptedEngine(seconds=0.05, hang_at={0.1})), batch_runs=3)
@@ -386,9 +386,9 @@ def node_removed(results: Path) -> Result:
     from ray.cluster_utils import Cluster
     from scripted_engine import ScriptedEngine, ship_to_workers
 
-    from sweep import study as driver
-    from sweep.cluster import _reread_ray_settings
-    from sweep.raypool import RayPool
+    from sweep.driver import session as driver
+    from sweep.driver.cluster import _reread_ray_settings
+    from sweep.driver.raypool import RayPool
 
     env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -580,7 +580,7 @@ def recorded_study(results: Path):
     """A finished study of the crash plan, trained in-process by the scripted engine."""
     from scripted_engine import ScriptedEngine
 
-    from sweep import study as driver
+    from sweep.driver import session as driver
     from sweep.spec import parse
 
     s = parse(CRASH_STUDY, str(results / "crash.toml"))
@@ -594,7 +594,7 @@ def corrupted_case(name: str, work: Path) -> Result:
     """Damage one part file of a finished study: the loaders, `sweep run`, `sweep map` and
     `sweep show` refuse with exit 2 naming the file; nothing is rewritten or dropped."""
     import sweep
-    from sweep.reports import ResultsError
+    from sweep.results.reports import ResultsError
 
     res = Result("corrupt", name)
     recorded_study(work)
@@ -655,11 +655,11 @@ def disk_full_case(work: Path) -> Result:
 
 
 def drive(study_file: str, results: str) -> None:
-    """The `local` crash driver: `sweep.study.run` with the scripted engine trained in-process."""
+    """The `local` crash driver: `sweep.driver.session.run` with the scripted engine trained in-process."""
     from scripted_engine import ScriptedEngine
 
     from sweep import spec
-    from sweep import study as driver
+    from sweep.driver import session as driver
 
     driver.COMMIT_ROWS = LOCAL_COMMIT_ROWS
     s = spec.load(study_file)

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from rich.cells import cell_len
 
 import sweep
-from sweep import study as driver
+from sweep.driver import session as driver
 from sweep.cli import main
 from sweep.engines import Outcome
-from sweep.pool import LocalPool
+from sweep.driver.pool import LocalPool
 from sweep.spec import parse
 
 PLANTED = """
@@ -149,7 +149,7 @@ def test_sweep_map_all_prints_every_setting(planted):
 
 
 def test_answer_plots_are_written(planted):
-    from sweep.plots import write_plots
+    from sweep.plots.figures import write_plots
 
     written = {p.name for p in write_plots(planted)}
     assert {"effects.png", "pstable_by_optimizer.png"} <= written

@@ -28,7 +28,7 @@ def test_bench_quick_writes_every_measurement(tmp_path):
 
 
 def test_speedup_is_the_median_of_back_to_back_pairs():
-    from sweep.bench import Measurement, pair_speedups, speedup
+    from sweep.probes.bench import Measurement, pair_speedups, speedup
 
     # Pair 2's plain loop ran in a slow phase of the machine: its own population pass shares it.
     pop = [Measurement("population", 792, s, repetition=r) for r, s in enumerate([20.0, 30.0, 18.0])]

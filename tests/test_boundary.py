@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 
 import sweep
-from sweep import maps, study as driver
-from sweep.samplers.boundary import BoundarySampler, bracket, next_probe
-from sweep.pool import LocalPool
-from sweep.samplers import get_sampler
+from sweep.results import maps
+from sweep.driver import session as driver
+from sweep.driver.samplers.boundary import BoundarySampler, bracket, next_probe
+from sweep.driver.pool import LocalPool
+from sweep.driver.samplers import get_sampler
 from sweep.spec import SETTING_AXES, load, parse
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 import sweep
-from sweep import claim_studies, claims, lrfind_study, report
+from sweep.claims import report
+from sweep.claims import reproduce as claims
+from sweep.claims import studies as claim_studies
+from sweep.probes import lrfind_study
 from sweep.catalog import EXAMPLES
 from sweep.cli import main
 from sweep.spec import config_from_dict, load

@@ -9,10 +9,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from sweep import conditions as cond
-from sweep import reports
-from sweep.conditions import CONDITION_COLUMNS, CONDITIONS_FILE, Rule, describe, find_rule, load_conditions
-from sweep.reports import ResultsError
+from sweep.answers import conditions as cond
+from sweep.results import reports
+from sweep.answers.conditions import CONDITION_COLUMNS, CONDITIONS_FILE, Rule, describe, find_rule, load_conditions
+from sweep.results.reports import ResultsError
 
 CORNER = (("learning_rate", "range", (1.0, None)), ("optimizer", "in", ("sgd",)))
 

@@ -1,4 +1,4 @@
-"""Crash anywhere and resume: the driver is SIGKILLed at every named point of `sweep.faults`
+"""Crash anywhere and resume: the driver is SIGKILLed at every named point of `sweep.results.faults`
 and the same command is run again. Each time: one row per planned run, the Optuna copy
 agreeing with the Parquet rows (no trial left RUNNING), every file loadable, and maps equal
 to those of an uninterrupted session (`fault_cases.crash_case` holds the checks).
@@ -9,7 +9,7 @@ on that driver and on the real `sweep run` (keras engine, private local Ray)."""
 import pytest
 
 import fault_cases
-from sweep import faults
+from sweep.results import faults
 
 
 def points_for(config, mode):

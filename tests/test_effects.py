@@ -9,8 +9,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from sweep import effects, maps, reports
-from sweep.reports import ResultsError
+from sweep.answers import effects
+from sweep.results import maps, reports
+from sweep.results.reports import ResultsError
 
 # A geometric grid: neighbouring learning rates are a factor 3 apart.
 LRS = [1e-4 * 3**i for i in range(8)]

@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from scripted_engine import ScriptedEngine
-from sweep import lrfind, lrfind_study, maps, reports
-from sweep import study as driver
+from sweep.probes import lrfind, lrfind_study
+from sweep.results import maps, rangetest, reports
+from sweep.driver import session as driver
 from sweep.cli import main
-from sweep.lrfind import RULES, Tracker, schedule, suggest, trace
-from sweep.pool import LocalPool
+from sweep.probes.lrfind import RULES, Tracker, schedule, suggest, trace
+from sweep.driver.pool import LocalPool
 from sweep.spec import parse
 
 FASTAI, LIGHTNING = RULES["fastai"], RULES["lightning"]
@@ -146,9 +147,9 @@ def tiny(tmp_path_factory):
 def test_lrfind_writes_one_row_per_setting_and_prints_the_comparison(tiny):
     root, _, result = tiny
     out = root / "results" / "tiny"
-    table = pq.read_table(out / lrfind.LRFIND_FILE)
+    table = pq.read_table(out / rangetest.LRFIND_FILE)
     assert table.schema.metadata[b"schema_version"] == reports.SCHEMA_VERSION.encode()
-    df = lrfind.load_lrfind(out)
+    df = rangetest.load_lrfind(out)
     assert len(df) == 4 and set(df["rule"]) == {"fastai"} and set(df["seed"]) == {0}
     assert (df["steps"] <= 100).all() and df["suggestion"].notna().all()
     assert all(len(c) == 100 for c in df["curve_lr"]) and all(len(c) == 100 for c in df["curve_smoothed_loss"])
@@ -168,7 +169,7 @@ def test_lrfind_writes_one_row_per_setting_and_prints_the_comparison(tiny):
 def test_boundary_takes_the_suggestion_and_keeps_it_when_rebuilt(tiny):
     root, _, _ = tiny
     out = root / "results" / "tiny"
-    tests = lrfind.load_lrfind(out)
+    tests = rangetest.load_lrfind(out)
     for boundary in (maps.load_boundary(out), maps.write(out)[1]):  # as written, then as a session rebuilds it
         joined = boundary.merge(tests, on=["clipnorm", "schedule"])
         assert len(joined) == 4
@@ -178,11 +179,11 @@ def test_boundary_takes_the_suggestion_and_keeps_it_when_rebuilt(tiny):
 
 def test_second_lrfind_reuses_the_recorded_tests(tiny):
     root, path, _ = tiny
-    before = pq.read_table(root / "results" / "tiny" / lrfind.LRFIND_FILE)
+    before = pq.read_table(root / "results" / "tiny" / rangetest.LRFIND_FILE)
     result = CliRunner().invoke(main, ["lrfind", str(path), "--results", str(root / "results")])
     assert result.exit_code == 0, result.output
     assert "4 settings already in" in result.output
-    assert pq.read_table(root / "results" / "tiny" / lrfind.LRFIND_FILE).equals(before)
+    assert pq.read_table(root / "results" / "tiny" / rangetest.LRFIND_FILE).equals(before)
     assert lrfind_study.complete(parse(TINY, str(path)), root / "results")
     assert not lrfind_study.complete(parse(TINY, str(path)), root / "results", "lightning")
 
@@ -204,9 +205,9 @@ def test_bad_input_exits_2_naming_what_is_wrong(tiny, tmp_path):
     assert conflict.exit_code == 2 and "different plan" in conflict.output
     damaged = tmp_path / "results" / "tiny"
     damaged.mkdir(parents=True)
-    (damaged / lrfind.LRFIND_FILE).write_bytes(b"not parquet")
+    (damaged / rangetest.LRFIND_FILE).write_bytes(b"not parquet")
     broken = run(main, ["lrfind", str(path), "--results", str(tmp_path / "results")])
-    assert broken.exit_code == 2 and lrfind.LRFIND_FILE in broken.output
+    assert broken.exit_code == 2 and rangetest.LRFIND_FILE in broken.output
 
 
 @pytest.mark.slow

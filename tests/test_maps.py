@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 import sweep
-from sweep import maps, reports, study as driver
+from sweep.results import maps, reports
+from sweep.driver import session as driver
 from sweep.cli import main
-from sweep.pool import LocalPool
+from sweep.driver.pool import LocalPool
 from sweep.spec import AXES, SETTING_AXES, SpecError, parse
 from sweep.verdict import STATUSES
 

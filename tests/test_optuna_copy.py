@@ -5,7 +5,7 @@ import math
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from sweep.optuna_study import OptunaRecord, config_trial
+from sweep.driver.optuna_study import OptunaRecord, config_trial
 from sweep.spec import parse
 
 STUDY = parse('[study]\nname="copy"\nexample="exploding_gradients"\nseeds=[0,1]\n[grid]\n'

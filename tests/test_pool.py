@@ -11,11 +11,11 @@ import time
 import pytest
 
 import sweep
-from sweep import study as driver
-from sweep.pool import LocalPool, batch_size
-from sweep.raypool import RayPool
+from sweep.driver import session as driver
+from sweep.driver.pool import LocalPool, batch_size
+from sweep.driver.raypool import RayPool
 from sweep.spec import parse
-from sweep.workers import Placement, WorkerStartError, execute, place
+from sweep.driver.workers import Placement, WorkerStartError, execute, place
 
 from scripted_engine import ScriptedEngine, act_as_gpu_worker, gpu_sized_engine, population_sizes, ship_to_workers
 
@@ -41,7 +41,7 @@ def local_ray():
     """A private local Ray with three CPU slots (the scripted engine mostly sleeps)."""
     import ray
 
-    from sweep.cluster import ray_cluster
+    from sweep.driver.cluster import ray_cluster
 
     ship_to_workers()
     with ray_cluster(None, num_cpus=3):
@@ -58,7 +58,7 @@ def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypat
     monkeypatch.setenv("RAY_AUTH_MODE", "token")   # Ray would otherwise write ~/.ray/auth_token
     monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from sweep.cluster import _reread_ray_settings
+    from sweep.driver.cluster import _reread_ray_settings
 
     _reread_ray_settings()
     ship_to_workers()
@@ -109,7 +109,7 @@ def test_one_actor_per_declared_gpu_each_with_its_own_device(tmp_path, monkeypat
 def test_a_ray_worker_on_a_logical_gpu_reports_its_capacity_and_gets_it(tmp_path):
     """The same on Ray: an actor on a logical GPU (the memory query stubbed in the actor's
     process) reports K = 8192 and is sent batches that make each group one population."""
-    from sweep.cluster import ray_cluster
+    from sweep.driver.cluster import ray_cluster
     from sweep.engines.population import GPU_MAX_K
 
     ship_to_workers()

@@ -6,7 +6,7 @@ from types import SimpleNamespace as Batch
 
 from rich.console import Console
 
-from sweep.progress import eta, progress_printer
+from sweep.driver.progress import eta, progress_printer
 
 
 def test_the_terminal_bar_counts_a_resume_and_shows_rate_and_statuses():

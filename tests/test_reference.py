@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 
 import sweep
-from sweep import lrfind, maps
+from sweep.results import maps, rangetest
 from sweep.catalog import EXAMPLES
-from sweep.claims import load_claims
-from sweep.workers import execute
+from sweep.claims.reproduce import load_claims
+from sweep.driver.workers import execute
 from sweep.spec import Run, config_from_dict, load
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-# Per example: the learning-rate sweep, the keras reference and the wider space (sweep.claim_studies).
+# Per example: the learning-rate sweep, the keras reference and the wider space (sweep.claims.studies).
 STUDIES = [RESULTS / f"reproduce-{example}{kind}" for example in EXAMPLES for kind in ("", "-keras", "-space")]
 
 
@@ -49,10 +49,10 @@ def test_committed_study_loads_and_its_maps_are_current(study_dir):
     fresh_map, fresh_boundary = maps.build(trials)
     pd.testing.assert_frame_equal(stored_map, fresh_map)
     # The range test's suggestion comes from lrfind.parquet (sweep lrfind), not from the trials.
-    column = lrfind.BOUNDARY_COLUMN
+    column = rangetest.BOUNDARY_COLUMN
     pd.testing.assert_frame_equal(stored_boundary.drop(columns=column), fresh_boundary.drop(columns=column))
-    if (study_dir / lrfind.LRFIND_FILE).is_file():
-        suggested = set(lrfind.load_lrfind(study_dir)["suggestion"].dropna())
+    if (study_dir / rangetest.LRFIND_FILE).is_file():
+        suggested = set(rangetest.load_lrfind(study_dir)["suggestion"].dropna())
         assert stored_boundary[column].notna().all() and set(stored_boundary[column]) <= suggested
 
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import sweep
-from sweep import reports
+from sweep.results import reports
 from sweep.engines import Outcome
 from sweep.spec import parse
 

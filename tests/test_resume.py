@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 import sweep
-from sweep import study as driver
-from sweep.optuna_journal import JOURNAL
-from sweep.optuna_study import OptunaRecord
-from sweep.pool import LocalPool
+from sweep.driver import session as driver
+from sweep.driver.optuna_journal import JOURNAL
+from sweep.driver.optuna_study import OptunaRecord
+from sweep.driver.pool import LocalPool
 from sweep.spec import load, parse
 
 from fault_cases import ray_processes_of

@@ -4,12 +4,12 @@ import random
 from collections import Counter
 
 import sweep
-from sweep import study as driver
-from sweep.optuna_study import OptunaRecord
-from sweep.raypool import RayPool
-from sweep.samplers import GridSampler
+from sweep.driver import session as driver
+from sweep.driver.optuna_study import OptunaRecord
+from sweep.driver.raypool import RayPool
+from sweep.driver.samplers import GridSampler
 from sweep.spec import parse
-from sweep.workers import execute
+from sweep.driver.workers import execute
 
 from scripted_engine import ScriptedEngine, ship_to_workers
 
@@ -85,7 +85,7 @@ def test_grid_is_exactly_once_with_many_runs_in_flight(tmp_path, monkeypatch):
 
 
 def test_grid_is_exactly_once_on_ray_workers(tmp_path):
-    from sweep.cluster import ray_cluster
+    from sweep.driver.cluster import ray_cluster
 
     ship_to_workers()
     s = make_study("rayonce")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.bench import Measurement, write
+from sweep.probes.bench import Measurement, write
 
 ROOT = Path(__file__).resolve().parents[1]
 

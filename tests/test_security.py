@@ -14,7 +14,7 @@ import pytest
 
 import fault_cases
 import sweep
-from sweep import study as driver
+from sweep.driver import session as driver
 from sweep.spec import SpecError, parse
 
 
@@ -66,7 +66,7 @@ def listening_addresses(pids: set[int]) -> list[tuple[int, str]]:
 def test_local_ray_listens_on_loopback_only():
     import ray
 
-    from sweep.cluster import ray_cluster
+    from sweep.driver.cluster import ray_cluster
 
     with ray_cluster(None, num_cpus=1) as info:
         assert info.private and info.address.startswith("127.0.0.1:")

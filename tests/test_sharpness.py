@@ -1,4 +1,4 @@
-"""Curvature telemetry (sweep.sharpness): λ_max of the training loss's Hessian, plain and
+"""Curvature telemetry (sweep.engines.sharpness): λ_max of the training loss's Hessian, plain and
 preconditioned, against closed forms, in both engines, and the two engines against each other.
 
 Tolerances. Power iteration's Rayleigh quotient after M products is off by a factor
@@ -17,7 +17,7 @@ import tensorflow as tf
 import builders
 from sweep.engines.keras_engine import KerasEngine
 from sweep.engines.population import PopulationEngine
-from sweep.sharpness import hvp, measure, predicted_learning_rate, scaled, start_vector, top_eigenvalue
+from sweep.engines.sharpness import hvp, measure, predicted_learning_rate, scaled, start_vector, top_eigenvalue
 from sweep.spec import parse
 
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
@@ -189,8 +189,8 @@ def test_boundary_predicts_the_edge_from_the_curvature_and_the_map_shows_it():
     from the seeds at lr_stable_max; null when the study measured nothing."""
     from rich.console import Console
 
-    from sweep import maps
-    from sweep.tables import map_table
+    from sweep.results import maps
+    from sweep.results.tables import map_table
 
     map_df, boundary = maps.build(_trials(True))
     b = boundary.set_index(boundary["optimizer"].astype(str))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import fault_cases
-from sweep import study as driver
+from sweep.driver import session as driver
 from sweep.spec import parse
 
 

@@ -13,7 +13,7 @@ def local_ray():
     import ray
 
     from scripted_engine import ship_to_workers
-    from sweep.cluster import ray_cluster
+    from sweep.driver.cluster import ray_cluster
 
     ship_to_workers()
     with ray_cluster(None, num_cpus=3):

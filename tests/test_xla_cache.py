@@ -1,4 +1,4 @@
-"""XLA's compile cache across processes (`sweep.xla`): a second process loads what the first
+"""XLA's compile cache across processes (`sweep.engines.xla`): a second process loads what the first
 compiled, a damaged entry is compiled again and changes no outcome, and the cache can be off."""
 
 from __future__ import annotations
@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from sweep import xla
+from sweep.engines import xla
 
 # Trains the quick bench set (8 runs, 3 epochs) on the population engine in a fresh process and
 # prints every run's epoch losses: the programs compiled are those of a real sweep.
 TRAIN = """
 import json
-from sweep.cluster import import_tensorflow
+from sweep.engines.runtime import import_tensorflow
 import_tensorflow()
-from sweep import xla
-from sweep.bench import bench_study
+from sweep.engines import xla
+from sweep.probes.bench import bench_study
 from sweep.engines.population import PopulationEngine
 study = bench_study(quick=True)
 outcomes = PopulationEngine().train(study, study.plan())

@@ -10,6 +10,11 @@ does inside, these facts are shared so that engines agree run for run:
   `keras.utils.set_random_seed(seed)`;
 * the batch order of every epoch: `batch_order(seed, epoch, n)`.
 
+Besides the two engines (`keras_engine`, `population`) this package holds what they run
+with: `runtime` (TensorFlow set up before its first op: GPU memory growth, threads,
+quiet start-up), `xla` (compiled programs kept across processes) and `sharpness` (the
+curvature telemetry). May import the study file, the catalog and the verdict rules only.
+
     >>> from sweep.engines import batch_order
     >>> batch_order(seed=0, epoch=1, n=5).tolist() == batch_order(0, 1, 5).tolist()
     True
@@ -53,7 +58,7 @@ class Outcome:
     wall_seconds: float = 0.0
     engine: str = ""
     # [telemetry] sharpness, epoch (0: initialised) -> λ_max of the training loss's Hessian and,
-    # for Adam and RMSprop, of the preconditioned Hessian (`sweep.sharpness`); NaN where the run
+    # for Adam and RMSprop, of the preconditioned Hessian (`sweep.engines.sharpness`); NaN where the run
     # was no longer finite. Empty when not measured.
     sharpness: dict[int, float] = field(default_factory=dict)
     precond_sharpness: dict[int, float] = field(default_factory=dict)
@@ -125,7 +130,7 @@ def check_builder(study: "Study") -> None:
     """
     if study.example in EXAMPLES:
         return
-    from ..cluster import import_tensorflow
+    from .runtime import import_tensorflow
     from ..spec import STUDY_FIELDS, SpecError
 
     import_tensorflow()

@@ -8,7 +8,7 @@ step, whether clipping acted, and the first step at which anything turned
 non-finite (training stops there). The epoch loss and accuracy are what
 `model.fit` reports: batch means weighted by batch size. With `[telemetry]
 sharpness` on, the curvature of the whole training set's loss is measured at
-initialisation and after every N-th epoch (`curvature`, `sweep.sharpness`).
+initialisation and after every N-th epoch (`curvature`, `sweep.engines.sharpness`).
 
     >>> from sweep.spec import parse
     >>> from sweep.engines.keras_engine import KerasEngine
@@ -47,10 +47,10 @@ def curvature(model, loss_fn, x, y, optimizer, kind: str, iterations: int):
     """The sharpness probe of one Keras run: `probe(initial)` returns λ_max(H) and λ_max(P⁻¹H)
     ([1] each; the second 0 for SGD) of the loss on (x, y) at the model's current weights, P the
     optimizer's current preconditioner, or at initialisation (`initial=True`) the one its first
-    update would form from the gradient on (x, y) (`sweep.sharpness.first_step_slots`)."""
+    update would form from the gradient on (x, y) (`sweep.engines.sharpness.first_step_slots`)."""
     import tensorflow as tf
 
-    from ..sharpness import first_step_slots, measure, preconditioner, start_vector
+    from .sharpness import first_step_slots, measure, preconditioner, start_vector
 
     variables = model.trainable_variables
     non_trainable = [v.value for v in model.non_trainable_variables]

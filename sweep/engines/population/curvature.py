@@ -1,4 +1,4 @@
-"""The sharpness probe of one population: `sweep.sharpness` on the stacked weights, between epochs.
+"""The sharpness probe of one population: `sweep.engines.sharpness` on the stacked weights, between epochs.
 
 A program's runs share the example, loss and optimizer kind, so one compiled probe measures any
 slice of them: the loss of every run on its whole training set (its own scaler's copy) is one
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...sharpness import first_step_slots, measure, preconditioner, start_vector
 from ...spec import SharpnessTelemetry
+from ..sharpness import first_step_slots, measure, preconditioner, start_vector
 from .model import Architecture
 from .program import kept
 from .step import ADAM, RMSPROP, SLOTS, forward, per_sample_loss

@@ -4,7 +4,7 @@ A program serves the runs that share an example, batch size, loss and optimizer 
 change its ops or shapes); `ProgramShape` names everything else its trace depends on. One
 trace serves every population size K and batch size, and XLA compiles it once per (K, batch
 size); `program` keeps compiled programs for the life of the worker, and XLA's compile cache
-(`sweep.xla`) keeps them for the next process.
+(`sweep.engines.xla`) keeps them for the next process.
 An epoch is one `tf.while_loop` over `step.Step`, with the keras engine's per-epoch
 bookkeeping (`tally`) done inside the compiled loop, so the host sees one call per epoch::
 
@@ -24,11 +24,11 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Hashable, TypeVar
 
-from ... import xla
+from .. import xla
 from .model import Architecture
 from .step import SLOTS, Step, forward
 
-# XLA's flags and its compile cache are set up before TensorFlow's first op (`sweep.xla`).
+# XLA's flags and its compile cache are set up before TensorFlow's first op (`sweep.engines.xla`).
 xla.configure()
 
 
