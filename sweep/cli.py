@@ -104,7 +104,7 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
     try:
         out = driver.prepare_dir(s, results_dir)
         before = Counter(r["status"] for r in reports.done_rows(out).values())
-    except (PermissionError, driver.StudyConflict, reports.ResultsError) as exc:
+    except (PermissionError, driver.StudyConflict, driver.StudyBusy, reports.ResultsError) as exc:
         raise BadInput(str(exc)) from None
     total = driver.planned_runs(s)
     where = f"Ray at {address}" if address else "a private local Ray"
@@ -197,13 +197,13 @@ def lrfind(study_file: str, results_dir: str, rule: str) -> None:
     """The LR range test of every setting of STUDY_FILE, beside the edge the sweep measured;
     writes RESULTS/<study>/lrfind.parquet (and the suggestion into boundary.parquet)."""
     from .probes import lrfind_study as rangetest
-    from .driver.session import StudyConflict
+    from .driver.session import StudyBusy, StudyConflict
 
     s = _load_study(study_file)
     try:
         out = rangetest.run_study(s, results_dir, rule, progress=lambda line: click.echo(line, err=True))
         comparison = rangetest.compare(out)
-    except (PermissionError, StudyConflict, reports.ResultsError) as exc:
+    except (PermissionError, StudyConflict, StudyBusy, reports.ResultsError) as exc:
         raise BadInput(str(exc)) from None
     # Ten columns do not fit 80 characters; a cut column would hide the very comparison.
     wide(140).print(

@@ -13,6 +13,17 @@ The rules are checked in order and the first that matches wins::
     'diverged'
     >>> judge(0.69, [0.5, float("nan")], first_nonfinite_step=40)
     'nan'
+
+`stalled` compares the final loss with the lower of l0 and the baseline loss (the best
+constant prediction's, `sweep.engines.baseline`): a run that started worse than a constant
+and ended at one learned nothing, however far its loss fell::
+
+    >>> judge(1.10, [0.40, 0.17, 0.166], None)                       # l0 alone: it learned
+    'stable'
+    >>> judge(1.10, [0.40, 0.17, 0.166], None, baseline_loss=0.166)  # it learned the mean
+    'stalled'
+    >>> judge(0.69, [0.5, 0.3], None, baseline_loss=0.693)           # below chance: it learned
+    'stable'
 """
 
 from __future__ import annotations
@@ -51,11 +62,13 @@ def judge(
     epoch_losses: Sequence[float],
     first_nonfinite_step: int | None,
     thresholds: Thresholds = Thresholds(),
+    baseline_loss: float | None = None,
 ) -> str:
     """The status of one run.
 
     `initial_loss` is l0, the loss of the initialised model on the whole training set;
-    `epoch_losses` are the training losses of epochs 1..E as Keras reports them.
+    `epoch_losses` are the training losses of epochs 1..E as Keras reports them;
+    `baseline_loss` is lc, the best constant prediction's loss (None or NaN: unknown, l0 alone).
     """
     if first_nonfinite_step is not None:
         return "nan"
@@ -65,7 +78,8 @@ def judge(
     f = thresholds.diverge_factor
     if (final >= l0 and peak >= f * l0) or final >= f * l0:
         return "diverged"
-    if final > thresholds.stall_ratio * l0:
+    floor = l0 if baseline_loss is None or not math.isfinite(baseline_loss) else min(l0, baseline_loss)
+    if final > thresholds.stall_ratio * floor:
         return "stalled"
     if spike_epochs(epoch_losses, thresholds.spike_factor):
         return "unstable"

@@ -64,3 +64,31 @@ def linear_model(activation: str, seed: int):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(loss="mse")
     return model, x, y
+
+
+def mean_only_model(activation: str, seed: int):
+    """A regression whose targets do not depend on the inputs (5 plus noise of variance 0.16)
+    from a start far worse than a constant: training can only learn their mean, the classic
+    collapse that the initial loss alone takes for learning."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((512, 2)).astype("float32")
+    y = (5.0 + 0.4 * rng.standard_normal((512, 1))).astype("float32")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4, activation=activation),
+                              keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    return model, x, y
+
+
+def memorizer_model(activation: str, seed: int):
+    """Random 0/1 labels a wide net can memorise: its loss falls below the best constant's."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((64, 8)).astype("float32")
+    y = (rng.random((64, 1)) < 0.5).astype("float32")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(128, activation=activation),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(loss="binary_crossentropy")
+    return model, x, y

@@ -56,6 +56,15 @@ def test_committed_study_loads_and_its_maps_are_current(study_dir):
         assert stored_boundary[column].notna().all() and set(stored_boundary[column]) <= suggested
 
 
+@pytest.mark.parametrize("study_dir", STUDIES, ids=lambda p: p.name)
+def test_no_committed_run_that_learned_ends_at_the_best_constant_predictions_loss(study_dir):
+    trials = sweep.load_trials(study_dir)
+    stall_ratio = load(study_dir / "study.toml").verdict.stall_ratio
+    learned = trials[trials["status"].isin(["stable", "unstable"])]
+    assert learned["baseline_loss"].notna().all()
+    assert (learned["final_loss"] < stall_ratio * learned["baseline_loss"]).all()
+
+
 def _picked(quick: bool) -> list[tuple[Path, int]]:
     """A stable and a non-stable run of short studies (quick), or of every study (full)."""
     chosen = []

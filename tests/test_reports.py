@@ -9,6 +9,7 @@ import pytest
 
 import sweep
 from sweep.results import reports
+from sweep.results.rejudge import rejudge
 from sweep.engines import Outcome
 from sweep.spec import parse
 
@@ -150,7 +151,8 @@ def test_part_of_another_schema_version_is_refused(tmp_path):
 
 def test_a_schema_1_part_loads_with_the_curvature_columns_null(tmp_path):
     """Parts written before the curvature telemetry (schema 1, without its columns) still load:
-    those columns read as null; every other column is still required."""
+    those columns read as null; every other column is still required. Their verdicts predate the
+    baseline (schema 3): the trials are refused until judged again (`rejudge`), the curves not."""
     rows, curves = batch()
     for r in rows:
         r.update(sharpness_init=1.5, precond_sharpness_init=40.0)
@@ -159,7 +161,11 @@ def test_a_schema_1_part_loads_with_the_curvature_columns_null(tmp_path):
         part = tmp_path / "rt" / sub / f"{stem}.parquet"
         old = [f.name for f in schema if (f.metadata or {}).get(b"since") is None]
         pq.write_table(pq.read_table(part, columns=old).replace_schema_metadata({"schema_version": "1"}), part)
+    with pytest.raises(reports.ResultsError, match="schema_version 1.*judges every run again"):
+        sweep.load_trials(tmp_path / "rt")
+    rejudge(tmp_path / "rt", STUDY)
     t, c = sweep.load_trials(tmp_path / "rt"), sweep.load_curves(tmp_path / "rt")
+    assert t["baseline_loss"].notna().sum() == 3  # the three trained runs; the error row has none
     assert t["sharpness_init"].isna().all() and t["precond_sharpness_final"].isna().all()
     assert c["sharpness"].isna().all() and len(c) == len(curves)
     part = tmp_path / "rt" / "trials" / f"{stem}.parquet"

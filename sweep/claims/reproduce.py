@@ -196,7 +196,8 @@ def answer_space(ex: Example, trials: pd.DataFrame, space: str = "") -> dict:
     region = None
     if target.any():
         rule = find_rule(trained, target)
-        row.update(failure_where=f"{claimed} where {rule.text()}", failure_where_precision=rule.precision,
+        where = f"where {rule.text()}" if rule.terms else "everywhere in the space"
+        row.update(failure_where=f"{claimed} {where}", failure_where_precision=rule.precision,
                    failure_where_coverage=rule.coverage)
         # The region on the other axes: a term on the fix's own axis would keep its fixed partners out.
         own = [t for t in rule.terms if t[0] == axis]
@@ -277,6 +278,9 @@ def load_claims(results: str | os.PathLike) -> pd.DataFrame:
     if version not in reports.READABLE_VERSIONS:
         raise reports.ResultsError(f"{path}: schema_version {version}, this sweep reads "
                                    f"{' and '.join(reports.READABLE_VERSIONS)}")
+    if int(version) < int(reports.JUDGED_SINCE):
+        raise reports.ResultsError(f"{path}: claims judged by the rules of schema_version {version} (`stalled` "
+                                   "against l0 alone); run `sweep reproduce` again")
     missing = [n for n in CLAIM_COLUMNS.names if n not in pf.schema_arrow.names]
     if missing:
         raise reports.ResultsError(f"{path}: no column {', '.join(missing)}; `sweep reproduce` writes them")

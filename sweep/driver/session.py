@@ -42,8 +42,9 @@ from typing import Callable, Iterator
 
 from ..answers import conditions, effects
 from ..engines import Engine
-from ..results import faults, maps, reports
+from ..results import faults, maps, rejudge, reports
 from ..spec import Run, Study
+from .optuna_journal import JOURNAL
 from .optuna_study import OptunaRecord
 from .pool import Pool, Waiting, batch_limit, batch_size
 from .samplers import DEFAULT_TPE_TRIALS, get_sampler
@@ -124,7 +125,8 @@ def driver_lock(out: Path) -> Iterator[None]:
 
 
 def prepare_dir(study: Study, results: str | os.PathLike) -> Path:
-    """The study's results directory, created and checked writable, its stored plan agreeing."""
+    """The study's results directory, created and checked writable, its stored plan agreeing, and
+    its runs judged by this version's rules (`results.rejudge`)."""
     out = Path(results) / study.name
     # spec.parse allows plain file names only; a Study made in code is held to the same.
     if out.parent != Path(results) or study.name in ("", ".", ".."):
@@ -154,6 +156,12 @@ def prepare_dir(study: Study, results: str | os.PathLike) -> Path:
         raise StudyConflict(
             f"{out}: holds study {study.name!r} with a different plan (example, epochs, seeds, grid, "
             f"data_seed, verdict or telemetry changed). Use a new study name or another --results directory.")
+    if rejudge.outdated(out):
+        with driver_lock(out):
+            rejudge.rejudge(out, study)
+            # The Optuna copy holds the old statuses as trial attributes: the default journal is
+            # dropped and copied again from trials/ when the session reconciles.
+            (out / JOURNAL).unlink(missing_ok=True)
     return out
 
 

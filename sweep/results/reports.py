@@ -30,15 +30,20 @@ import pyarrow.parquet as pq
 
 from .._version import __version__
 from ..engines import Outcome
+from ..engines.baseline import baseline_loss
 from ..engines.sharpness import finite_or_none, summary
 from ..spec import CATEGORICAL_AXES, Run, Study
 from ..verdict import STATUSES, judge, spike_epochs
 from . import faults
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 # Versions this sweep reads. A column declared with `added` is absent from files of earlier
 # versions and reads as null there; any other missing column refuses the file.
-READABLE_VERSIONS = ("1", "2")
+READABLE_VERSIONS = ("1", "2", "3")
+# Schema 3 judges `stalled` against min(l0, baseline_loss); a file of an earlier version holds
+# verdicts (or maps and answers made of them) by l0 alone. Such files are refused, never mixed:
+# `sweep run` judges the study's runs again from their curves (`results.rejudge`).
+JUDGED_SINCE = "3"
 
 
 def added(name: str, type_: pa.DataType, version: str) -> pa.Field:
@@ -76,6 +81,10 @@ TRIAL_COLUMNS = pa.schema([
     ("best_loss", pa.float64()),
     ("max_loss_ratio", pa.float64()),
     ("final_loss_ratio", pa.float64()),
+    # the best constant prediction's loss on the run's training data under its loss
+    # (`engines.baseline`), and the final loss over it: at or above stall_ratio, nothing learned
+    added("baseline_loss", pa.float64(), "3"),
+    added("final_baseline_ratio", pa.float64(), "3"),
     ("loss_spikes", pa.int64()),
     ("grad_norm_p50", pa.float64()),
     ("grad_norm_p90", pa.float64()),
@@ -125,7 +134,7 @@ def _versions() -> tuple[str, str]:
     return tf.__version__, keras.__version__
 
 
-def _ratio(a: float, b: float) -> float:
+def ratio(a: float, b: float) -> float:
     return a / b if b != 0 else math.nan
 
 
@@ -153,18 +162,21 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
 
     losses = outcome.epoch_loss
     l0 = outcome.initial_loss
+    lc = baseline_loss(study, c)
     norms = outcome.grad_norms[np.isfinite(outcome.grad_norms)]
     n_steps = len(outcome.grad_norms)
     final = losses[-1] if losses else math.nan
     row.update(
         engine=outcome.engine,
-        status=judge(l0, losses, outcome.first_nonfinite_step, study.verdict),
+        status=judge(l0, losses, outcome.first_nonfinite_step, study.verdict, lc),
         first_nonfinite_step=outcome.first_nonfinite_step,
         initial_loss=l0,
         final_loss=final,
         best_loss=min(losses) if losses else math.nan,
-        max_loss_ratio=_ratio(max(losses), l0) if losses else math.nan,
-        final_loss_ratio=_ratio(final, l0),
+        max_loss_ratio=ratio(max(losses), l0) if losses else math.nan,
+        final_loss_ratio=ratio(final, l0),
+        baseline_loss=lc,
+        final_baseline_ratio=ratio(final, lc),
         loss_spikes=len(spike_epochs(losses, study.verdict.spike_factor)),
         grad_norm_p50=float(np.percentile(norms, 50)) if len(norms) else math.nan,
         grad_norm_p90=float(np.percentile(norms, 90)) if len(norms) else math.nan,
@@ -250,7 +262,7 @@ PART_RE = re.compile(r"^part-[A-Za-z0-9T_-]+\.parquet$")
 PART_TMP_RE = re.compile(r"^\.part-[A-Za-z0-9T_-]+\.parquet\.[0-9a-f]{8}\.tmp$")
 
 
-def _parts(directory: Path) -> list[Path]:
+def part_files(directory: Path) -> list[Path]:
     """The part files of a dataset directory. Our own temporary files (a write in progress) are
     not parts; anything else that is not a part is refused by name, hidden or not, so no row is
     ever silently skipped."""
@@ -267,8 +279,9 @@ def _parts(directory: Path) -> list[Path]:
     return parts
 
 
-def open_checked(part: Path, schema: pa.Schema) -> pq.ParquetFile:
-    """A report file opened (its footer read) and checked: Parquet, this schema version, these columns."""
+def open_checked(part: Path, schema: pa.Schema, *, verdicts: bool = True) -> pq.ParquetFile:
+    """A report file opened (its footer read) and checked: Parquet, this schema version, these columns;
+    one that holds `verdicts` also judged by this version's rules (`JUDGED_SINCE`)."""
     try:
         pf = pq.ParquetFile(part)
     except Exception as exc:
@@ -276,10 +289,33 @@ def open_checked(part: Path, schema: pa.Schema) -> pq.ParquetFile:
     version = (pf.schema_arrow.metadata or {}).get(b"schema_version", b"?").decode()
     if version not in READABLE_VERSIONS:
         raise ResultsError(f"{part}: schema_version {version}, this sweep reads {' and '.join(READABLE_VERSIONS)}")
+    if verdicts and older_rule(version):
+        raise ResultsError(old_verdicts(part, version))
     missing = [f.name for f in schema if f.name not in pf.schema_arrow.names and not _added_after(f, version)]
     if missing:
         raise ResultsError(f"{part}: missing columns {sorted(missing)}")
     return pf
+
+
+def old_verdicts(part: Path, version: str) -> str:
+    """The one-line instruction for a file judged by an earlier rule."""
+    return (f"{part}: judged by the rules of schema_version {version} (`stalled` against l0 alone, no "
+            "baseline_loss); run `sweep run` on its study file again: it judges every run again from "
+            "its curves (nothing trains again) and rebuilds the maps")
+
+
+def older_rule(version: str) -> bool:
+    """Whether a file of `version` holds verdicts by a rule before this version's."""
+    return version.isdigit() and int(version) < int(JUDGED_SINCE)
+
+
+def part_version(part: Path) -> str:
+    """The `schema_version` a part file was written with ("?" when it has none or is unreadable:
+    the readers then refuse it by name)."""
+    try:
+        return (pq.read_schema(part).metadata or {}).get(b"schema_version", b"?").decode()
+    except Exception:
+        return "?"
 
 
 def _added_after(f: pa.Field, version: str) -> bool:
@@ -300,16 +336,16 @@ def read_checked(pf: pq.ParquetFile, schema: pa.Schema) -> pa.Table:
 def check_curves(study_dir: Path) -> None:
     """Refuse (ResultsError, by name) a curves part that `load_curves` could not read, before a
     session adds to the study: the trials are read whole at start, the curves only here."""
-    for part in _parts(study_dir / "curves"):
-        open_checked(part, CURVE_COLUMNS)
+    for part in part_files(study_dir / "curves"):
+        open_checked(part, CURVE_COLUMNS, verdicts=False)
 
 
 def _read(directory: Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
     """The dataset's parts (each checked against the whole `schema`) as one table, of its `columns` only if given."""
     full, schema = schema, schema if columns is None else pa.schema([schema.field(c) for c in columns])
     tables = []
-    for part in _parts(directory):
-        pf = open_checked(part, full)
+    for part in part_files(directory):
+        pf = open_checked(part, full, verdicts=full is not CURVE_COLUMNS)
         try:
             tables.append(read_checked(pf, schema))
         except Exception as exc:  # a footer that reads over damaged data pages
@@ -352,9 +388,9 @@ def load_trials(path: str | os.PathLike, columns: Sequence[str] | None = None) -
 def load_curves(path: str | os.PathLike) -> pd.DataFrame:
     """Per-epoch loss, accuracy, gradient norm and learning rate of every run that has them."""
     p = study_path(path)
-    recorded = {x.name for x in _parts(p / "trials")}
+    recorded = {x.name for x in part_files(p / "trials")}
     # Curves of a batch whose trials part was never written are not results (see `tidy`).
-    stray = [x.name for x in _parts(p / "curves") if x.name not in recorded]
+    stray = [x.name for x in part_files(p / "curves") if x.name not in recorded]
     if stray:
         raise ResultsError(f"{p / 'curves'}: parts without a trials record {stray}; `sweep run` tidies them")
     return _read(p / "curves", CURVE_COLUMNS).to_pandas().sort_values(["trial", "epoch"], ignore_index=True)

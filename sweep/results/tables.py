@@ -232,7 +232,8 @@ def runs_table(trials: pd.DataFrame, title: str, status: str | None = None, limi
     if status:
         trials = trials[trials["status"] == status]
     varying = [a for a in AXES if trials[a].nunique(dropna=False) > 1] or ["learning_rate"]
-    cols = ["trial", "seed", *varying, "status", "final_loss_ratio", "first_nonfinite_step", "grad_norm_max"]
+    cols = ["trial", "seed", *varying, "status", "final_loss_ratio", "final_baseline_ratio", "first_nonfinite_step",
+            "grad_norm_max"]
     table = Table(title=f"{title}: {len(trials)} runs" + (f" with status {status}" if status else ""))
     for c in cols:
         table.add_column(c, justify="left" if c == "status" else "right")
