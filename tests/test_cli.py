@@ -126,3 +126,22 @@ def test_repro_unknown_trial_is_bad_input(quickstart):
     study_dir, _ = quickstart
     proc = sweep_cli("repro", str(study_dir), "999")
     assert proc.returncode == 2 and "no run with trial 999" in proc.stderr
+
+
+def test_a_users_module_beside_the_study_file_imports_from_where_they_stand(tmp_path):
+    """README's worked example, from a directory holding only the module and the study file,
+    through the installed `sweep` command (which, unlike `python -m`, puts no directory on the path)."""
+    import shutil
+
+    here = tmp_path / "mine"
+    shutil.copytree(ROOT / "studies" / "user_model", here, ignore=shutil.ignore_patterns("__pycache__"))
+    command = str(Path(sys.executable).parent / "sweep")
+    validate = subprocess.run([command, "validate", "mine/user_mlp.toml"], cwd=tmp_path,  # the file's directory
+                              capture_output=True, text=True, timeout=300)
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    run = subprocess.run([command, "run", "user_mlp.toml", "--results", str(tmp_path / "results")], cwd=here,
+                         capture_output=True, text=True, timeout=900)  # the current directory
+    assert run.returncode == 0, run.stdout + run.stderr
+    trials = sweep.load_trials(tmp_path / "results" / "user_mlp")
+    assert len(trials) == 20 and set(trials["engine"]) == {"keras"}
+    assert "error" not in set(trials["status"])

@@ -23,7 +23,6 @@ curvature telemetry). May import the study file, the catalog and the verdict rul
 from __future__ import annotations
 
 import functools
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
@@ -87,9 +86,12 @@ def example_data(example: str, data_seed: int, scaler: str) -> tuple[np.ndarray,
     return scale(x, scaler), y
 
 
-def user_builder(ref: str):
-    module_name, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+def user_builder(study: "Study"):
+    """The study's `module:function` builder, its module imported from the study's search path."""
+    from ..spec.checks import builder_module
+
+    module_name, _, attr = study.example.partition(":")
+    return getattr(builder_module(module_name, study.search_path), attr)
 
 
 def problem(study: "Study", config: "Config", seed: int) -> Problem:
@@ -102,7 +104,7 @@ def problem(study: "Study", config: "Config", seed: int) -> Problem:
         x, y = example_data(study.example, study.data_seed, config.scaler)
         model = ex.build(config.activation, x.shape[1])
         return Problem(model, x, y, make_loss(config.loss), ex.accuracy)
-    built = user_builder(study.example)(activation=config.activation, seed=study.data_seed)
+    built = user_builder(study)(activation=config.activation, seed=study.data_seed)
     if not (isinstance(built, tuple) and len(built) == 3 and isinstance(built[0], keras.Model)):
         raise TypeError(f"{study.example} must return (keras.Model, x, y); it returned {type(built).__name__}")
     model, x, y = built

@@ -38,7 +38,7 @@ from typing import Any
 
 from ..catalog import BASE_DEFAULTS, EXAMPLES
 from ..verdict import Thresholds
-from .checks import (REQUIRED, Field, builder_problem, check_section, example_ref, integer, number, one_of,
+from .checks import (REQUIRED, Field, builder_problem, builder_search_path, check_section, example_ref, integer, number, one_of,
                      plain_name, positive_integer, positive_number, positive_number_or_none, seed_list, table_of,
                      values_of)
 
@@ -166,6 +166,9 @@ class Study:
     sharpness: SharpnessTelemetry | None = None
     path: str = "<study>"
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+    # Where a `module:function` builder is imported from before the installed packages
+    # (`checks.builder_search_path`): where the study was loaded, not part of its plan.
+    search_path: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def configs(self) -> list[Config]:
         """Every grid point. Keras allows one kind of clipping per optimizer, so points that
@@ -283,8 +286,9 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_
 
     study = check_section("study", section["study"], STUDY_FIELDS, problems)
     example = study.get("example")
+    search_path = builder_search_path(path) if example is not None and example not in EXAMPLES else ()
     if example is not None and example not in EXAMPLES and import_builder:
-        if (problem := builder_problem(example)) is not None:
+        if (problem := builder_problem(example, search_path)) is not None:
             problems.append(("study.example", problem))
             example = None
     catalog_example = EXAMPLES.get(example)
@@ -301,7 +305,8 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_
     if problems:
         raise SpecError(path, problems)
     s = Study(**study, grid=grid, verdict=Thresholds(**{k: v for k, v in verdict.items() if v is not None}),
-              resolution=boundary["resolution"], sharpness=telemetry["sharpness"], path=path, raw=raw)
+              resolution=boundary["resolution"], sharpness=telemetry["sharpness"], path=path, raw=raw,
+              search_path=search_path)
     if not s.configs():
         raise SpecError(path, [("grid", "every combination sets more than one of clipnorm, global_clipnorm, "
                                 "clipvalue; Keras allows one kind of clipping per optimizer")])
