@@ -109,7 +109,7 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
     total = driver.planned_runs(s)
     where = f"Ray at {address}" if address else "a private local Ray"
     click.echo(f"{s.name}: {total} runs planned, {sum(before.values())} already recorded in {out}; "
-               f"training on {where}")
+               f"training on {where}; {driver.engine_line(s, engine)}")
     update, stop = progress_printer(total, before, console)
     try:
         summary = driver.run(s, results_dir, engine=engine, max_trials=max_trials, address=address,

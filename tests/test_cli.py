@@ -142,6 +142,7 @@ def test_a_users_module_beside_the_study_file_imports_from_where_they_stand(tmp_
     run = subprocess.run([command, "run", "user_mlp.toml", "--results", str(tmp_path / "results")], cwd=here,
                          capture_output=True, text=True, timeout=900)  # the current directory
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "engine: keras (a user builder trains on the keras engine" in run.stdout  # said, not silent
     trials = sweep.load_trials(tmp_path / "results" / "user_mlp")
     assert len(trials) == 20 and set(trials["engine"]) == {"keras"}
     assert "error" not in set(trials["status"])

@@ -91,6 +91,11 @@ class Summary:
     reconciled: dict = field(default_factory=dict)
 
 
+# Why a study trains on the keras engine when the population engine was asked for.
+USER_BUILDER_ON_KERAS = ("a user builder trains on the keras engine, run by run: the population engine "
+                         "expresses the catalog's Dense stacks only")
+
+
 def engine_for(study: Study, requested: "str | Engine | None") -> "str | Engine":
     """The engine that trains this study: a user builder always runs on keras."""
     if requested is not None and not isinstance(requested, str):
@@ -99,6 +104,13 @@ def engine_for(study: Study, requested: "str | Engine | None") -> "str | Engine"
     if ":" in study.example:
         return "keras"
     return name
+
+
+def engine_line(study: Study, requested: str | None) -> str:
+    """What `sweep run` says at the start about the engine, and why when it is not the one asked for."""
+    name = engine_for(study, requested)
+    asked = requested or study.engine
+    return f"engine: {name}" + (f" ({USER_BUILDER_ON_KERAS})" if name != asked else "")
 
 
 def planned_runs(study: Study) -> int:
