@@ -409,7 +409,9 @@ def node_removed(results: Path) -> Result:
         worker_node = cluster.add_node(**node_args)
         ray.init(address=cluster.address)
         s = scripted_study("node")
-        pool = RayPool(s, ScriptedEngine(seconds=0.3))
+        # A second a run: the worker node's actor must be busy at some batch even when a loaded
+        # machine starts it late.
+        pool = RayPool(s, ScriptedEngine(seconds=1.0))
 
         def remove_a_busy_node(summary, rows):
             busy = [slot for slot in pool.actors.slots if slot.gen is not None and slot.info.get("node_id") == worker_node.node_id]
