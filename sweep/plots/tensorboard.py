@@ -267,7 +267,9 @@ class Board:
     def __init__(self, study_dir: str | os.PathLike, logdir: str | os.PathLike | None = None, *,
                  aggregate: bool = False):
         self.tb = _tensorboard()
-        self.study_dir = reports.study_path(study_dir)
+        self.study_dir = Path(study_dir)
+        if not (self.study_dir / "study.json").is_file():  # a session's first act; trials/ comes with its first commit
+            self.study_dir = reports.study_path(study_dir)
         self.logdir = Path(logdir) if logdir is not None else self.study_dir / DEFAULT_LOGDIR
         self.form = FORMS[aggregate]
         self.study = stored_study(self.study_dir)
