@@ -129,6 +129,7 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
         stop()
         if follower:
             follower.close()
+            _open_files_note(follower.board)
     for part in summary_text(summary, reports.load_trials(summary.study_dir)):
         console.print(part)
 
@@ -160,6 +161,13 @@ def _tensorboard_follower(study_dir, logdir: str, aggregate: bool, on_batch):
     return follower
 
 
+def _open_files_note(board) -> None:
+    from .plots.tensorboard import open_files_note
+
+    if note := open_files_note(board.present + board.written):
+        click.echo(note, err=True)
+
+
 @main.command("tensorboard")
 @click.argument("study_dir", type=click.Path(file_okay=False))
 @click.option("--logdir", default=None, help="Where the event files go (default STUDY_DIR/tensorboard).")
@@ -178,6 +186,7 @@ def tensorboard_(study_dir: str, logdir: str | None, aggregate: bool) -> None:
     kind = "configurations" if aggregate else "runs"
     click.echo(f"{board.logdir}: wrote {board.written} {kind}, {board.present} already there; "
                f"view: tensorboard --logdir {board.logdir} (the HPARAMS tab)")
+    _open_files_note(board)
 
 
 @main.command()

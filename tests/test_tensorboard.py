@@ -223,6 +223,17 @@ def test_bad_logdirs_and_study_dirs_exit_2_naming_the_path(small, tmp_path):
     assert taken.exit_code == 2 and "study 'quickstart'" in taken.output
 
 
+def test_more_runs_than_open_files_is_said_with_the_fix(monkeypatch):
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    assert tb.open_files_note(500) is None
+    assert tb.open_files_note(2112).endswith("run `ulimit -n 2368` in the shell that starts it")
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 1024))
+    note = tb.open_files_note(2112)
+    assert "may open 1024 files" in note and "allows 1024 at most: write the aggregate form" in note
+
+
 def without_tensorboard(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The `sweep` command in a Python where `import tensorboard` fails, as it does without the extra."""
     code = "import sys; sys.modules['tensorboard'] = None; from sweep.cli import main; sys.exit(main())"

@@ -59,6 +59,8 @@ PARTIAL = ".events.partial"
 # The log directory's owner (study, plan, form): another study's or form's runs are refused.
 MARKER = ".stability-sweep.json"
 FORMS = ("runs", "aggregate")
+# Files a TensorBoard server holds open besides its runs' (sockets, libraries, its loader).
+OPEN_FILES_SPARE = 256
 
 # Per-epoch curves, tag = the curves column. Null values (no gradient norm before the first
 # update, sharpness on epochs not measured) are left out.
@@ -519,6 +521,26 @@ def _median_curves(seeds: list[list[dict]]) -> list[tuple[int, dict[str, float]]
 
 def _finite(v) -> bool:
     return v is not None and math.isfinite(v)
+
+
+def open_files_note(runs: int) -> str | None:
+    """A line for a log directory of more runs than a process started here may open files
+    (None otherwise): TensorBoard keeps every run's event file open, and past its limit lists
+    only part of the runs.
+
+    >>> open_files_note(10) is None
+    True
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or runs + OPEN_FILES_SPARE <= soft:
+        return None
+    need = runs + OPEN_FILES_SPARE
+    fix = (f"run `ulimit -n {need}` in the shell that starts it" if hard == resource.RLIM_INFINITY or need <= hard
+           else f"this system allows {hard} at most: write the aggregate form, or raise the hard limit")
+    return (f"{runs} runs: TensorBoard keeps each run's file open and may open {soft} files here, so it "
+            f"would list only part of them; {fix}")
 
 
 def write(study_dir: str | os.PathLike, logdir: str | os.PathLike | None = None, *,
