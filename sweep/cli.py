@@ -107,6 +107,8 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
     from .driver.optuna_study import StorageConflict
 
     s = _load_study(study_file, max_runs)
+    if logdir:
+        _require_tensorboard()  # before anything is written
     try:
         out = driver.prepare_dir(s, results_dir)
         before = Counter(r["status"] for r in reports.done_rows(out).values())
@@ -116,8 +118,10 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
     where = f"Ray at {address}" if address else "a private local Ray"
     click.echo(f"{s.name}: {total} runs planned, {sum(before.values())} already recorded in {out}; "
                f"training on {where}")
+    follower = _tensorboard_follower(out, logdir, tensorboard_aggregate) if logdir else None
     update, stop = progress_printer(total, before, console)
-    follower = _tensorboard_follower(out, logdir, tensorboard_aggregate, update) if logdir else None
+    if follower:
+        follower.on_batch = update
     try:
         summary = driver.run(s, results_dir, engine=engine, max_trials=max_trials, address=address,
                              storage=storage, cpus_per_worker=cpus_per_worker, on_batch=follower or update)
@@ -134,6 +138,16 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
         console.print(part)
 
 
+def _require_tensorboard() -> None:
+    """Exit 1 naming the extra when the tensorboard package is missing."""
+    from .plots import tensorboard as tb
+
+    try:
+        tb.modules()
+    except tb.TensorBoardMissing as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _tensorboard_board(study_dir, logdir: str | None, aggregate: bool):
     """A study's TensorBoard log directory (`plots.tensorboard.Board`); exit 1 without the
     tensorboard package, 2 naming the path for a directory that cannot take the runs."""
@@ -147,13 +161,13 @@ def _tensorboard_board(study_dir, logdir: str | None, aggregate: bool):
         raise BadInput(str(exc)) from None
 
 
-def _tensorboard_follower(study_dir, logdir: str, aggregate: bool, on_batch):
+def _tensorboard_follower(study_dir, logdir: str, aggregate: bool):
     """`run --tensorboard`: the runs already recorded written now, the rest as they are committed."""
     from .plots.tensorboard import Follower, LogdirError
 
     board = _tensorboard_board(study_dir, logdir, aggregate)
     try:
-        follower = Follower(board, on_batch, warn=lambda line: click.echo(line, err=True))
+        follower = Follower(board, warn=lambda line: click.echo(line, err=True))
     except (LogdirError, reports.ResultsError) as exc:
         raise BadInput(str(exc)) from None
     click.echo(f"TensorBoard: {board.logdir} ({board.present + board.written} runs there, "

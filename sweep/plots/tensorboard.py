@@ -105,8 +105,9 @@ class LogdirError(Exception):
     """A log directory that cannot take this study's runs: another study's or form's, or a file."""
 
 
-def _tensorboard() -> SimpleNamespace:
-    """TensorBoard's protobuf messages and record writer (none of these imports TensorFlow)."""
+def modules() -> SimpleNamespace:
+    """TensorBoard's protobuf messages and record writer (none of these imports TensorFlow), or
+    `TensorBoardMissing`."""
     try:
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
@@ -196,10 +197,10 @@ def _domain(axis: str, values: Iterable) -> list:
                               else float(v) for v in values))  # HParams numbers are doubles
 
 
-def _replace(path: Path, data: bytes, tmp: Path | None = None, sync: bool = False) -> None:
-    """`path` holds `data` whole or keeps what it held. Run files are not synced: a killed
-    process leaves the page cache written; a power cut's zero-length file is rewritten."""
-    tmp = tmp or path.with_name(f".{path.name}.partial")
+def _replace(path: Path, data: bytes, tmp: Path, sync: bool = False) -> None:
+    """`path` holds `data` whole or keeps what it held (`tmp` is written, then renamed; for an
+    event file, a name TensorBoard does not read). Run files are not synced: a killed process
+    leaves the page cache written; a power cut's zero-length file is written again."""
     with open(tmp, "wb") as fh:
         fh.write(data)
         if sync:
@@ -268,7 +269,7 @@ class Board:
 
     def __init__(self, study_dir: str | os.PathLike, logdir: str | os.PathLike | None = None, *,
                  aggregate: bool = False):
-        self.tb = _tensorboard()
+        self.tb = modules()
         self.study_dir = Path(study_dir)
         if not (self.study_dir / "study.json").is_file():  # a session's first act; trials/ comes with its first commit
             self.study_dir = reports.study_path(study_dir)
@@ -326,7 +327,7 @@ class Board:
                 raise LogdirError(f"{self.logdir}: not empty and not a log directory this sweep wrote; "
                                   "pass another --logdir")
             self.logdir.mkdir(parents=True, exist_ok=True)
-            _replace(marker, json.dumps(identity).encode(), sync=True)
+            _replace(marker, json.dumps(identity).encode(), tmp=self.logdir / f"{MARKER}.partial", sync=True)
         except ValueError as exc:  # a marker that is not JSON
             raise LogdirError(f"{marker}: not a marker this sweep wrote ({exc}); pass another --logdir") from None
         except OSError as exc:
@@ -374,7 +375,7 @@ class Board:
         data = self._file([tb.event_pb2.Event(wall_time=created, step=0, summary=summary)], created)
         path = self.logdir / EVENTS
         if not path.exists() or path.read_bytes() != data:
-            _replace(path, data)
+            _replace(path, data, tmp=self.logdir / PARTIAL)
 
     def _done(self, name: str) -> bool:
         try:  # a zero-length file is what a power cut can leave of an unsynced one
