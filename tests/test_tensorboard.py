@@ -255,9 +255,10 @@ def test_without_the_package_both_commands_exit_1_naming_the_extra(small, tmp_pa
 @pytest.mark.slow
 def test_killed_and_resumed_run_leaves_one_run_directory_per_run(request, tmp_path):
     """`sweep run --tensorboard` (the real command: private Ray, keras engine), killed after a
-    commit, then run again. Quick: the crash study (16 runs, 1 epoch), killed as its first
-    trials part lands, before anything reaches TensorBoard; full: the quickstart, killed after
-    its second commit, while the live writer follows."""
+    commit, then run again; then `tensorboard --logdir` serves every run once. Quick: the crash
+    study (16 runs, 1 epoch), killed as its first trials part lands, before anything reaches
+    TensorBoard; full: the quickstart, killed after its second commit, while the live writer
+    follows."""
     if request.config.getoption("--quick"):
         study_file, fault = tmp_path / "crash.toml", "write.trials:1"
         study_file.write_text(CRASH_STUDY)
@@ -276,6 +277,10 @@ def test_killed_and_resumed_run_leaves_one_run_directory_per_run(request, tmp_pa
     dirs = sorted(p.name for p in logdir.iterdir() if p.is_dir())
     assert dirs == expected and len(dirs) == len(parse(study_file.read_text(), "s").plan())
     assert all((logdir / d / tb.EVENTS).stat().st_size > 0 and not (logdir / d / tb.PARTIAL).exists() for d in dirs)
+    # What `tensorboard --logdir` then serves: every axis, and every run once.
+    experiment, groups = served(logdir, len(dirs), tmp_path / "tensorboard.log")
+    assert {h["name"] for h in experiment["hparamInfos"]} == {*AXES, "seed"}
+    assert sorted(g["name"] for g in groups["sessionGroups"]) == dirs
 
 
 # --- a real TensorBoard --------------------------------------------------------------------
@@ -297,15 +302,10 @@ def session_groups_request(metrics: list[str]) -> dict:
             "startIndex": 0, "sliceSize": 1000}
 
 
-@pytest.mark.slow
-def test_a_tensorboard_server_serves_the_hparams_experiment(small, tmp_path):
-    """`tensorboard --logdir` on the written runs: its HParams API lists every axis with its
-    domain, every metric, and every run with its hyperparameters and metric values (the fast
-    data loader TensorBoard uses by default reads the same files; the quick form is this)."""
-    logdir = tmp_path / "logs"
-    tb.write(small, logdir)
-    trials = {tb.run_name(r, VARIED): r for r in reports.load_trials(small).to_dict("records")}
-    log = tmp_path / "tensorboard.log"
+def served(logdir: Path, runs: int, log: Path) -> tuple[dict, dict]:
+    """`tensorboard --logdir` on 127.0.0.1 (a free port it picks), asked until its HParams API
+    lists `runs` sessions (it reads the log directory in the background), then stopped:
+    (the experiment, the session groups), as the dashboard receives them."""
     with open(log, "w") as err:
         server = subprocess.Popen([str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(logdir),
                                    "--host", "127.0.0.1", "--port", "0"], stdout=err, stderr=err)
@@ -318,32 +318,11 @@ def test_a_tensorboard_server_serves_the_hparams_experiment(small, tmp_path):
                 found = re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())
                 port = found and int(found.group(1))
                 continue
-            # The server reads the logdir in the background: ask until every run is in.
             groups = post(port, "session_groups", session_groups_request(["stable", "final_loss_ratio"]))
-            if groups.get("totalSize") == len(trials):
+            if groups.get("totalSize") == runs:
                 break
-        assert port and groups and groups["totalSize"] == len(trials), log.read_text()[-2000:]
-        experiment = post(port, "experiment", {"experimentName": "", "hparamsLimit": 1000})
-        hparams = {h["name"]: h for h in experiment["hparamInfos"]}
-        assert set(hparams) == {*AXES, "seed"}
-        assert hparams["learning_rate"]["domainDiscrete"] == [0.001, 0.1, 0.5, 1.0]
-        assert hparams["clipnorm"]["domainDiscrete"] == ["1", "none"]
-        assert [h["name"] for h in experiment["hparamInfos"]][:3] == ["clipnorm", "learning_rate", "seed"]  # varied first
-        assert [m["name"]["tag"] for m in experiment["metricInfos"]][:3] == ["stable", "final_loss_ratio",
-                                                                             "max_loss_ratio"]
-        assert {g["name"] for g in groups["sessionGroups"]} == set(trials)
-        for group in groups["sessionGroups"]:
-            row = trials[group["name"]]
-            assert group["hparams"]["learning_rate"] == row["learning_rate"]
-            assert group["hparams"]["clipnorm"] == tb.hparam_value("clipnorm", row["clipnorm"])
-            assert group["hparams"]["seed"] == row["seed"]
-            metrics = {v["name"]["tag"]: v["value"] for v in group["metricValues"]}
-            assert metrics["stable"] == float(row["status"] == "stable")
-            if row["status"] == "nan":
-                assert metrics["final_loss_ratio"] == "NaN"  # protobuf's JSON for a NaN double
-            elif row["status"] == "stable":
-                assert metrics["final_loss_ratio"] == pytest.approx(row["final_loss_ratio"], rel=1e-6)
-            assert group["sessions"][0]["status"] == ("STATUS_FAILURE" if row["status"] == "error" else "STATUS_SUCCESS")
+        assert port and groups and groups["totalSize"] == runs, log.read_text()[-2000:]
+        return post(port, "experiment", {"experimentName": "", "hparamsLimit": 1000}), groups
     finally:
         server.terminate()
         try:
@@ -351,3 +330,33 @@ def test_a_tensorboard_server_serves_the_hparams_experiment(small, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.mark.slow
+def test_a_tensorboard_server_serves_the_hparams_experiment(small, tmp_path):
+    """`tensorboard --logdir` on the written runs: its HParams API lists every axis with its
+    domain, every metric, and every run with its hyperparameters and metric values (the fast
+    data loader TensorBoard uses by default reads the same files; the quick form is this)."""
+    logdir = tmp_path / "logs"
+    tb.write(small, logdir)
+    trials = {tb.run_name(r, VARIED): r for r in reports.load_trials(small).to_dict("records")}
+    experiment, groups = served(logdir, len(trials), tmp_path / "tensorboard.log")
+    hparams = {h["name"]: h for h in experiment["hparamInfos"]}
+    assert set(hparams) == {*AXES, "seed"}
+    assert hparams["learning_rate"]["domainDiscrete"] == [0.001, 0.1, 0.5, 1.0]
+    assert hparams["clipnorm"]["domainDiscrete"] == ["1", "none"]
+    assert [h["name"] for h in experiment["hparamInfos"]][:3] == ["clipnorm", "learning_rate", "seed"]  # varied first
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]][:3] == ["stable", "final_loss_ratio", "max_loss_ratio"]
+    assert {g["name"] for g in groups["sessionGroups"]} == set(trials)
+    for group in groups["sessionGroups"]:
+        row = trials[group["name"]]
+        assert group["hparams"]["learning_rate"] == row["learning_rate"]
+        assert group["hparams"]["clipnorm"] == tb.hparam_value("clipnorm", row["clipnorm"])
+        assert group["hparams"]["seed"] == row["seed"]
+        metrics = {v["name"]["tag"]: v["value"] for v in group["metricValues"]}
+        assert metrics["stable"] == float(row["status"] == "stable")
+        if row["status"] == "nan":
+            assert metrics["final_loss_ratio"] == "NaN"  # protobuf's JSON for a NaN double
+        elif row["status"] == "stable":
+            assert metrics["final_loss_ratio"] == pytest.approx(row["final_loss_ratio"], rel=1e-6)
+        assert group["sessions"][0]["status"] == ("STATUS_FAILURE" if row["status"] == "error" else "STATUS_SUCCESS")
