@@ -202,6 +202,31 @@ def test_live_writing_survives_a_crash_between_commit_and_write(tmp_path, monkey
     assert len(dirs) == 16 and all((logdir / d / tb.EVENTS).stat().st_size > 0 for d in dirs)
 
 
+def test_a_full_log_directory_stops_the_writing_not_the_sweep(tmp_path, monkeypatch):
+    """A write that fails mid-sweep (a full disk) is reported once; the sweep records every run;
+    `sweep tensorboard` catches up afterwards."""
+    import errno
+
+    monkeypatch.setattr(driver, "COMMIT_ROWS", 4)
+    train(tmp_path, max_trials=4)
+    study_dir, logdir = tmp_path / "results" / "small", tmp_path / "live"
+    warnings = []
+    follower = tb.Follower(tb.Board(study_dir, logdir), warn=warnings.append, interval=0.0)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tb, "_replace", full)
+    train(tmp_path, on_batch=follower, batch_runs=2)
+    follower.close()
+    assert follower.failed and len(warnings) == 1
+    assert "No space left on device" in warnings[0] and f"sweep tensorboard {study_dir} --logdir {logdir}" in warnings[0]
+    assert len(reports.load_trials(study_dir)) == 16
+    monkeypatch.undo()
+    caught_up = tb.write(study_dir, logdir)
+    assert (caught_up.present, caught_up.written) == (4, 12)
+
+
 def test_bad_logdirs_and_study_dirs_exit_2_naming_the_path(small, tmp_path):
     run = CliRunner().invoke
     missing = run(main, ["tensorboard", str(tmp_path / "nope")])
