@@ -206,7 +206,8 @@ def main() -> None:
                   f"{disk / k / 1024:.1f} KiB on disk per run; a second sync (nothing to write) {again:.2f} s")
             per_million = 1e6 / n
             what = f"1,000,000 runs ({1e6 / len(study.seeds):,.0f} configurations)" if aggregate else "1,000,000 runs"
-            print(f"{'':>9}  at {what}: {first * per_million / 60:.0f} min, {entries * per_million / 1e6:.2f} M entries, "
+            print(f"{'':>9}  at {what}: {first * per_million / 60:.0f} min, "
+                  f"{entries * per_million / 1e6:.2f} M entries, "
                   f"{size * per_million / 2**30:.2f} GiB of event files, {disk * per_million / 2**30:.2f} GiB on disk")
         if args.serve:
             serve(work / "runs", n)

@@ -181,6 +181,23 @@ def test_aggregate_form_is_one_run_per_configuration_with_the_maps_p_stable(smal
     assert wrong_form.exit_code == 2 and "aggregate form" in wrong_form.output and str(logdir) in wrong_form.output
 
 
+def test_without_its_study_file_names_are_trials_and_configuration_ids(small, tmp_path):
+    """A results directory copied without study.json: no plan to name the varied axes or count
+    the seeds, so run names carry the trial and seed only (never what happens to be recorded)
+    and a configuration is complete with as many seeds as the most-seeded one has."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(small / "trials", bare / "trials")
+    shutil.copytree(small / "curves", bare / "curves")
+    runs = tb.write(bare, tmp_path / "runs")
+    assert runs.written == 16 and (tmp_path / "runs" / "trial=0000000,seed=0").is_dir()
+    configurations = tb.write(bare, tmp_path / "configurations", aggregate=True)
+    ids = set(reports.load_trials(bare)["config_id"])
+    assert configurations.written == 8
+    assert {p.name for p in (tmp_path / "configurations").iterdir() if p.is_dir()} == {f"config={i}" for i in ids}
+
+
 def test_live_writing_survives_a_crash_between_commit_and_write(tmp_path, monkeypatch):
     """A first session records 6 runs and dies before writing any to TensorBoard (no follower
     here: what a driver killed after its commit leaves); the resumed session with a follower
@@ -220,7 +237,8 @@ def test_a_full_log_directory_stops_the_writing_not_the_sweep(tmp_path, monkeypa
     train(tmp_path, on_batch=follower, batch_runs=2)
     follower.close()
     assert follower.failed and len(warnings) == 1
-    assert "No space left on device" in warnings[0] and f"sweep tensorboard {study_dir} --logdir {logdir}" in warnings[0]
+    assert "No space left on device" in warnings[0]
+    assert f"sweep tensorboard {study_dir} --logdir {logdir}" in warnings[0]
     assert len(reports.load_trials(study_dir)) == 16
     monkeypatch.undo()
     caught_up = tb.write(study_dir, logdir)

@@ -254,9 +254,8 @@ def _most_seeds(study_dir: Path) -> int:
     """The most seeds any configuration has recorded: a study without its study file counts a
     configuration complete with that many."""
     counts: dict[str, int] = defaultdict(int)
-    schema = pa.schema([reports.TRIAL_COLUMNS.field("config_id")])
     for part in _parts(study_dir / "trials", set()):
-        for cid in reports.read_checked(reports.open_checked(part, reports.TRIAL_COLUMNS), schema)["config_id"].to_pylist():
+        for cid in _read(part, reports.TRIAL_COLUMNS).column("config_id").to_pylist():
             counts[cid] += 1
     return max(counts.values(), default=1)
 
