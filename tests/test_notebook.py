@@ -2,7 +2,6 @@
 bottom (nbclient, an ipykernel kernel) on two small studies, every cell without error, and
 the README's Results block executed on one of them."""
 
-import os
 import re
 from pathlib import Path
 

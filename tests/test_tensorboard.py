@@ -5,7 +5,6 @@ and a resume, bad input and a missing package; a real `tensorboard` server's HPa
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys

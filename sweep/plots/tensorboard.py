@@ -270,7 +270,8 @@ class Board:
                  aggregate: bool = False):
         self.tb = modules()
         self.study_dir = Path(study_dir)
-        if not (self.study_dir / "study.json").is_file():  # a session's first act; trials/ comes with its first commit
+        # study.json is a session's first write, trials/ comes with its first commit.
+        if not (self.study_dir / "study.json").is_file():
             self.study_dir = reports.study_path(study_dir)
         self.logdir = Path(logdir) if logdir is not None else self.study_dir / DEFAULT_LOGDIR
         self.form = FORMS[aggregate]
@@ -316,6 +317,8 @@ class Board:
                 raise LogdirError(f"{self.logdir}: not a directory; pass another --logdir")
             if marker.exists():
                 stored = json.loads(marker.read_text())
+                if not isinstance(stored, dict):
+                    raise ValueError("not a JSON object")
                 if stored != identity:
                     raise LogdirError(
                         f"{self.logdir}: holds the TensorBoard runs of study {stored.get('study')!r} in the "
