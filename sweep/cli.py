@@ -106,6 +106,8 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
     from .driver import session as driver
     from .driver.optuna_study import StorageConflict
 
+    if tensorboard_aggregate and not logdir:
+        raise click.UsageError("--tensorboard-aggregate needs --tensorboard DIR")
     s = _load_study(study_file, max_runs)
     if logdir:
         _require_tensorboard()  # before anything is written
@@ -184,7 +186,7 @@ def _open_files_note(board) -> None:
 
 @main.command("tensorboard")
 @click.argument("study_dir", type=click.Path(file_okay=False))
-@click.option("--logdir", default=None, help="Where the event files go (default STUDY_DIR/tensorboard).")
+@click.option("--logdir", default=None, metavar="DIR", help="Where the event files go (default STUDY_DIR/tensorboard).")
 @click.option("--aggregate", is_flag=True,
               help="One run per configuration (the seeds' median curves, P(stable)) instead of one per run.")
 def tensorboard_(study_dir: str, logdir: str | None, aggregate: bool) -> None:

@@ -263,6 +263,8 @@ def test_bad_logdirs_and_study_dirs_exit_2_naming_the_path(small, tmp_path):
     (other / tb.MARKER).write_text(json.dumps({"study": "quickstart", "form": "runs", "plan_digest": "x"}))
     taken = run(main, ["tensorboard", str(small), "--logdir", str(other)])
     assert taken.exit_code == 2 and "study 'quickstart'" in taken.output
+    alone = run(main, ["run", "small.toml", "--tensorboard-aggregate"])
+    assert alone.exit_code == 2 and "--tensorboard-aggregate needs --tensorboard DIR" in alone.output
 
 
 def test_more_runs_than_open_files_is_said_with_the_fix(monkeypatch):
