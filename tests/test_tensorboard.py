@@ -139,6 +139,22 @@ def test_event_files_hold_each_runs_curves_hyperparameters_and_metrics(small, tm
     assert statuses == {"stable", "error", "nan"}
 
 
+def test_sharpness_is_written_on_the_epochs_it_was_measured(tmp_path):
+    """The reference results of the exploding-gradients sweep measure the sharpness every 5
+    epochs ([telemetry]): those epochs, and only those, carry `sharpness` and `precond_sharpness`."""
+    study_dir = ROOT / "results" / "reproduce-exploding_gradients"
+    board = tb.write(study_dir, tmp_path / "logs")
+    curves = reports.load_curves(study_dir)
+    first = reports.load_trials(study_dir).iloc[0]
+    got = scalars(multiplexer(tmp_path / "logs"), tb.run_name(first, board.name_axes))
+    mine = curves[curves.trial == first["trial"]]
+    for tag in ("sharpness", "precond_sharpness"):
+        measured = mine[mine[tag].notna()]
+        assert len(measured) >= 2 and len(measured) < len(mine)
+        assert [s for s, _ in got[tag]] == list(measured.epoch)
+        assert all(same(a, b) for (_, a), b in zip(got[tag], measured[tag]))
+
+
 def test_a_second_write_adds_nothing_and_half_written_runs_are_written_again(small, tmp_path):
     logdir = tmp_path / "logs"
     assert tb.write(small, logdir).written == 16

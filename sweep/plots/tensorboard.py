@@ -18,7 +18,7 @@ Tags are the Parquet columns' names. The files are TensorBoard's own protobuf me
 own record framing, written without TensorFlow. A run's file is written under a name
 TensorBoard does not read and then renamed, so a run is in the log directory whole or not at
 all, and `sync()` writes every recorded run that is not: a killed writer loses nothing, a
-resumed one duplicates nothing. Costs and the one-million-run figures: docs/tensorboard.md.
+resumed one writes each run once. Costs and the one-million-run figures: docs/tensorboard.md.
 
     >>> hparam_value("clipnorm", None), hparam_value("clipnorm", 1.0), hparam_value("learning_rate", 0.01)
     ('none', '1', 0.01)
