@@ -94,13 +94,23 @@ def validate(study_file: str, max_runs: int) -> None:
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
               help="CPUs per worker (and TensorFlow threads) when the cluster has no GPU; with GPUs: one worker per GPU.")
 @MAX_RUNS_OPTION
+@click.option("--tensorboard", "logdir", default=None, metavar="DIR",
+              help="Also write the runs as TensorBoard event files into DIR as they are recorded "
+                   "(what `sweep tensorboard` writes); `tensorboard --logdir DIR` shows the sweep live.")
+@click.option("--tensorboard-aggregate", is_flag=True,
+              help="With --tensorboard: one TensorBoard run per configuration (the seeds' median curves, P(stable)).")
 def run(study_file: str, results_dir: str, address: str | None, engine: str | None, max_trials: int | None,
-        storage: str | None, cpus_per_worker: float, max_runs: int) -> None:
+        storage: str | None, cpus_per_worker: float, max_runs: int, logdir: str | None,
+        tensorboard_aggregate: bool) -> None:
     """Run or resume STUDY_FILE; results go to RESULTS/<study name>/."""
     from .driver import session as driver
     from .driver.optuna_study import StorageConflict
 
+    if tensorboard_aggregate and not logdir:
+        raise click.UsageError("--tensorboard-aggregate needs --tensorboard DIR")
     s = _load_study(study_file, max_runs)
+    if logdir:
+        _require_tensorboard()  # before anything is written
     try:
         out = driver.prepare_dir(s, results_dir)
         before = Counter(r["status"] for r in reports.done_rows(out).values())
@@ -110,18 +120,89 @@ def run(study_file: str, results_dir: str, address: str | None, engine: str | No
     where = f"Ray at {address}" if address else "a private local Ray"
     click.echo(f"{s.name}: {total} runs planned, {sum(before.values())} already recorded in {out}; "
                f"training on {where}; {driver.engine_line(s, engine)}")
+    follower = _tensorboard_follower(out, logdir, tensorboard_aggregate) if logdir else None
     update, stop = progress_printer(total, before, console)
+    if follower:
+        follower.on_batch = update
     try:
         summary = driver.run(s, results_dir, engine=engine, max_trials=max_trials, address=address,
-                             storage=storage, cpus_per_worker=cpus_per_worker, on_batch=update)
+                             storage=storage, cpus_per_worker=cpus_per_worker, on_batch=follower or update)
     except (driver.StudyBusy, StorageConflict, reports.ResultsError) as exc:
         raise BadInput(str(exc)) from None
     except driver.ResultsWriteError as exc:  # full disk: a clear line, not a traceback (exit 1)
         raise click.ClickException(str(exc)) from None
     finally:
         stop()
+        if follower:
+            follower.close()
+            _open_files_note(follower.board)
     for part in summary_text(summary, reports.load_trials(summary.study_dir)):
         console.print(part)
+
+
+def _require_tensorboard() -> None:
+    """Exit 1 naming the extra when the tensorboard package is missing."""
+    from .plots import tensorboard as tb
+
+    try:
+        tb.modules()
+    except tb.TensorBoardMissing as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _tensorboard_board(study_dir, logdir: str | None, aggregate: bool):
+    """A study's TensorBoard log directory (`plots.tensorboard.Board`); exit 1 without the
+    tensorboard package, 2 naming the path for a directory that cannot take the runs."""
+    from .plots import tensorboard as tb
+
+    try:
+        return tb.Board(study_dir, logdir, aggregate=aggregate)
+    except tb.TensorBoardMissing as exc:
+        raise click.ClickException(str(exc)) from None
+    except reports.ResultsError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _tensorboard_follower(study_dir, logdir: str, aggregate: bool):
+    """`run --tensorboard`: the runs already recorded written now, the rest as they are committed."""
+    from .plots.tensorboard import Follower, LogdirError
+
+    board = _tensorboard_board(study_dir, logdir, aggregate)
+    try:
+        follower = Follower(board, warn=lambda line: click.echo(line, err=True))
+    except (LogdirError, reports.ResultsError) as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(f"TensorBoard: {board.logdir} ({board.present + board.written} runs there, "
+               f"{board.written} of them written now); `tensorboard --logdir {board.logdir}`")
+    return follower
+
+
+def _open_files_note(board) -> None:
+    from .plots.tensorboard import open_files_note
+
+    if note := open_files_note(board.present + board.written):
+        click.echo(note, err=True)
+
+
+@main.command("tensorboard")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--logdir", default=None, metavar="DIR", help="Where the event files go (default STUDY_DIR/tensorboard).")
+@click.option("--aggregate", is_flag=True,
+              help="One run per configuration (the seeds' median curves, P(stable)) instead of one per run.")
+def tensorboard_(study_dir: str, logdir: str | None, aggregate: bool) -> None:
+    """Write the study as TensorBoard event files: each run's curves as scalars, the sweep as an
+    HParams experiment; runs already there are kept, so a rerun adds only new ones."""
+    from .plots.tensorboard import LogdirError
+
+    board = _tensorboard_board(study_dir, logdir, aggregate)
+    try:
+        board.sync()
+    except (LogdirError, reports.ResultsError) as exc:
+        raise BadInput(str(exc)) from None
+    kind = "configurations" if aggregate else "runs"
+    click.echo(f"{board.logdir}: wrote {board.written} {kind}, {board.present} already there; "
+               f"view: tensorboard --logdir {board.logdir} (the HPARAMS tab)")
+    _open_files_note(board)
 
 
 @main.command()
