@@ -109,7 +109,8 @@ def test_event_files_hold_each_runs_curves_hyperparameters_and_metrics(small, tm
     assert [v.string_value for v in hparams["clipvalue"].domain_discrete.values] == ["none"]
     assert {n for n, h in hparams.items() if h.differs} == {*VARIED, "seed"}
     assert [i.name.tag for i in experiment.metric_infos] == [
-        "stable", "final_loss_ratio", "max_loss_ratio", "first_nonfinite_step", "final_loss"]
+        "stable", "final_loss_ratio", "max_loss_ratio", "first_nonfinite_step", "final_baseline_ratio",
+        "final_loss"]
 
     statuses = set()
     for name, row in names.items():
@@ -134,7 +135,7 @@ def test_event_files_hold_each_runs_curves_hyperparameters_and_metrics(small, tm
         assert got["stable"] == [(last, float(row["status"] == "stable"))]
         step = row["first_nonfinite_step"]
         assert got["first_nonfinite_step"] == [(last, -1.0 if pd.isna(step) else float(step))]
-        for tag in ("final_loss_ratio", "max_loss_ratio", "final_loss"):
+        for tag in ("final_loss_ratio", "max_loss_ratio", "final_baseline_ratio", "final_loss"):
             assert same(got[tag][0][1], row[tag]), (name, tag)
     assert statuses == {"stable", "error", "nan"}
 

@@ -37,7 +37,7 @@ def _epoch_losses(study_dir: Path) -> dict[int, list[float]]:
     """trial -> its losses of epochs 1..E, from every curves part."""
     by_trial: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for part in part_files(study_dir / "curves"):
-        table = read_checked(open_checked(part, CURVE_COLUMNS, verdicts=False), CURVE_COLUMNS)
+        table = read_checked(open_checked(part, CURVE_COLUMNS), CURVE_COLUMNS)
         for trial, epoch, loss in zip(*(table.column(c).to_pylist() for c in ("trial", "epoch", "loss"))):
             if epoch > 0:
                 by_trial[trial].append((epoch, math.nan if loss is None else loss))

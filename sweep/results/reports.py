@@ -279,9 +279,12 @@ def part_files(directory: Path) -> list[Path]:
     return parts
 
 
-def open_checked(part: Path, schema: pa.Schema, *, verdicts: bool = True) -> pq.ParquetFile:
+def open_checked(part: Path, schema: pa.Schema, *, verdicts: bool | None = None) -> pq.ParquetFile:
     """A report file opened (its footer read) and checked: Parquet, this schema version, these columns;
-    one that holds `verdicts` also judged by this version's rules (`JUDGED_SINCE`)."""
+    one that holds `verdicts` (every report but the curves, unless told) also judged by this
+    version's rules (`JUDGED_SINCE`)."""
+    if verdicts is None:
+        verdicts = schema is not CURVE_COLUMNS
     try:
         pf = pq.ParquetFile(part)
     except Exception as exc:
@@ -337,7 +340,7 @@ def check_curves(study_dir: Path) -> None:
     """Refuse (ResultsError, by name) a curves part that `load_curves` could not read, before a
     session adds to the study: the trials are read whole at start, the curves only here."""
     for part in part_files(study_dir / "curves"):
-        open_checked(part, CURVE_COLUMNS, verdicts=False)
+        open_checked(part, CURVE_COLUMNS)
 
 
 def _read(directory: Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
@@ -345,7 +348,7 @@ def _read(directory: Path, schema: pa.Schema, columns: Sequence[str] | None = No
     full, schema = schema, schema if columns is None else pa.schema([schema.field(c) for c in columns])
     tables = []
     for part in part_files(directory):
-        pf = open_checked(part, full, verdicts=full is not CURVE_COLUMNS)
+        pf = open_checked(part, full)
         try:
             tables.append(read_checked(pf, schema))
         except Exception as exc:  # a footer that reads over damaged data pages
