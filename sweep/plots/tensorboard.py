@@ -212,17 +212,7 @@ def _replace(path: Path, data: bytes, tmp: Path, sync: bool = False) -> None:
 def _parts(directory: Path, seen: set[str]) -> list[Path]:
     """The trials parts not in `seen`, oldest first (their names start with the commit time);
     anything else there is refused by name, as the loaders refuse it."""
-    if not directory.is_dir():
-        return []
-    parts, foreign = [], []
-    for p in sorted(directory.iterdir()):
-        if p.name in seen or reports.PART_TMP_RE.match(p.name):
-            continue
-        (parts if reports.PART_RE.match(p.name) and p.is_file() else foreign).append(p)
-    if foreign:
-        raise reports.ResultsError(f"{directory}: not a part file of this dataset: "
-                                   f"{', '.join(str(f) for f in foreign)}")
-    return parts
+    return [p for p in reports.part_files(directory) if p.name not in seen]
 
 
 def _read(part: Path, schema: pa.Schema) -> pa.Table:
