@@ -435,10 +435,10 @@ def test_activations_sharing_a_program_train_as_they_would_apart():
     assert all(abs(apart[("relu", lr)] - apart[("tanh", lr)]) > 1e-3 for lr in (0.001, 0.01))
 
 
-def test_user_builders_train_on_keras_and_say_so():
+def test_user_builders_train_on_the_population_engine():
     s = parse('[study]\nname="u"\nexample="builders:tiny_model"\nepochs=1\nseeds=[0]', "u.toml")
     [out] = PopulationEngine().train(s, s.plan())
-    assert isinstance(out, Outcome) and out.engine == "keras" and len(out.epoch_loss) == 1
+    assert isinstance(out, Outcome) and out.engine == "population" and len(out.epoch_loss) == 1
 
 
 def test_plateau_follows_keras_reduce_lr_on_plateau():

@@ -79,7 +79,7 @@ def test_every_step_from_keras_state_gives_keras_weights(example, axes, optimize
             theta = [tf.constant(v.numpy()[None]) for v in variables]
             slots = {name: [tf.constant(v.numpy()[None]) for v in getattr(opt, KERAS_SLOTS[name])]
                      for name in SLOTS[optimizer]}
-            out = pop_step(theta, slots, tf.constant(step), tf.constant(p.x[rows][None]), tf.constant(p.y[rows][None]),
+            out = pop_step(theta, [], slots, tf.constant(step), tf.constant(p.x[rows][None]), tf.constant(p.y[rows][None]),
                            tf.constant(np.arange(B) < len(idx)), tf.constant(float(len(idx))), tf.constant([0]),
                            tf.constant([lr], tf.float32), per_run["clipnorm"], per_run["global_clipnorm"],
                            per_run["clipvalue"])

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..answers import conditions, effects
+from ..catalog import EXAMPLES
 from ..engines import Engine
 from ..results import faults, maps, rejudge, reports
 from ..spec import Run, Study
@@ -91,26 +92,26 @@ class Summary:
     reconciled: dict = field(default_factory=dict)
 
 
-# Why a study trains on the keras engine when the population engine was asked for.
-USER_BUILDER_ON_KERAS = ("a user builder trains on the keras engine, run by run: the population engine "
-                         "expresses the catalog's Dense stacks only")
-
-
 def engine_for(study: Study, requested: "str | Engine | None") -> "str | Engine":
-    """The engine that trains this study: a user builder always runs on keras."""
+    """The engine that trains this study: the one asked for on the command line, else the study's."""
     if requested is not None and not isinstance(requested, str):
         return requested
-    name = requested or study.engine
-    if ":" in study.example:
-        return "keras"
-    return name
+    return requested or study.engine
 
 
 def engine_line(study: Study, requested: str | None) -> str:
-    """What `sweep run` says at the start about the engine, and why when it is not the one asked for."""
+    """What `sweep run` says at the start about the engine, and, when the population engine
+    cannot express the study's model, that its runs train on the keras engine and why."""
     name = engine_for(study, requested)
-    asked = requested or study.engine
-    return f"engine: {name}" + (f" ({USER_BUILDER_ON_KERAS})" if name != asked else "")
+    if name != "population" or study.example in EXAMPLES:  # the catalog's models are all Dense stacks
+        return f"engine: {name}"
+    from ..engines.population import PopulationEngine, Unsupported
+
+    try:
+        PopulationEngine.check(study, Run(0, study.configs()[0], study.seeds[0]))
+    except Unsupported as why:
+        return f"engine: keras, run by run (the population engine cannot express this model: {why})"
+    return "engine: population"
 
 
 def planned_runs(study: Study) -> int:

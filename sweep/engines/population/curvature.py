@@ -21,9 +21,9 @@ import numpy as np
 
 from ...spec import SharpnessTelemetry
 from ..sharpness import first_step_slots, measure, preconditioner, start_vector
-from .model import Architecture
+from .model import Architecture, Graph
 from .program import kept
-from .step import ADAM, RMSPROP, SLOTS, forward, per_sample_loss
+from .step import ADAM, RMSPROP, SLOTS, Step
 
 HYPER = {"adam": ADAM, "rmsprop": RMSPROP, "sgd": {}}
 # Bytes of activations a slice may hold; the forward-over-reverse product keeps a few copies of
@@ -37,15 +37,14 @@ def slices(runs: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([runs, np.repeat(runs[-1:], pad)]).reshape(-1, size)
 
 
-def slice_size(arch: Architecture, n: int, k: int) -> int:
+def slice_size(arch: Architecture | Graph, n: int, k: int) -> int:
     """Runs per slice: as many as SLICE_BYTES of float32 activations hold, at most k."""
-    widths = arch.shapes[0][0] + sum(o for _, o in arch.shapes)
-    return int(max(1, min(k, SLICE_BYTES // (4 * n * widths))))
+    return int(max(1, min(k, SLICE_BYTES // (4 * n * arch.widths))))
 
 
 @dataclass(frozen=True)
 class ProbeShape:
-    archs: tuple[Architecture, ...]
+    archs: tuple[Architecture | Graph, ...]
     loss: str
     optimizer: str
     iterations: int
@@ -53,31 +52,34 @@ class ProbeShape:
 
 
 class Probe:
-    """`initial(theta, x, y, choice)` and `current(theta, slots, steps, x, y, choice)`: per run
-    λ_max(H) and λ_max(P⁻¹H) (0 for SGD), [K] each, of the loss on x [K, n, features]."""
+    """`initial(theta, state, x, y, choice)` and `current(theta, state, slots, steps, x, y, choice)`:
+    per run λ_max(H) and λ_max(P⁻¹H) (0 for SGD), [K] each, of the loss on x [K, n, ...] in
+    inference mode (the keras engine's probe calls the model with training=False)."""
 
     def __init__(self, shape: ProbeShape):
         import tensorflow as tf
 
         self.shape = shape
         self.traced: set[str] = set()
-        self.loss = per_sample_loss(shape.loss)
+        self.step = Step(shape.archs, shape.loss, shape.optimizer, frozenset())
         arch = shape.archs[0]
-        self.v0 = start_vector(arch.variable_shapes, 1)
+        self.v0 = start_vector(list(arch.variable_shapes), 1)
         theta = [tf.TensorSpec([None, *v], tf.float32) for v in arch.variable_shapes]
-        x = tf.TensorSpec([None, None, arch.shapes[0][0]], tf.float32)
-        y = tf.TensorSpec([None, None, arch.shapes[-1][1]], tf.float32)
+        state = [tf.TensorSpec([None, *v], d) for v, d in zip(arch.state_shapes, arch.state_dtypes)]
+        x = tf.TensorSpec([None, None, *arch.input_shape], tf.float32)
+        y = tf.TensorSpec([None, None, *arch.output_shape], tf.float32)
         choice = tf.TensorSpec([None], tf.int32)
         self.initial = tf.function(self._initial, jit_compile=shape.jit, autograph=False,
-                                   input_signature=[theta, x, y, choice])
+                                   input_signature=[theta, state, x, y, choice])
         self.current = tf.function(self._current, jit_compile=shape.jit, autograph=False, input_signature=[
-            theta, {name: theta for name in SLOTS[shape.optimizer]}, tf.TensorSpec([], tf.int32), x, y, choice])
+            theta, state, {name: theta for name in SLOTS[shape.optimizer]}, tf.TensorSpec([], tf.int32), x, y,
+            choice])
 
-    def _loss_of(self, x, y, choice):
+    def _loss_of(self, state, x, y, choice):
         import tensorflow as tf
 
         def loss_of(theta):
-            return tf.reduce_mean(self.loss(y, forward(self.shape.archs, theta, x, choice)), axis=1)
+            return tf.reduce_mean(self.step.evaluate(theta, state, x, y, choice, training=False)[0], axis=1)
         return loss_of
 
     def _start(self, theta):
@@ -86,11 +88,11 @@ class Probe:
         k = tf.shape(theta[0])[0]
         return [tf.tile(tf.constant(v), tf.concat([[k], tf.ones([len(v.shape) - 1], tf.int32)], 0)) for v in self.v0]
 
-    def _initial(self, theta, x, y, choice):
+    def _initial(self, theta, state, x, y, choice):
         import tensorflow as tf
 
         kind, hyper = self.shape.optimizer, HYPER[self.shape.optimizer]
-        loss_of = self._loss_of(x, y, choice)
+        loss_of = self._loss_of(state, x, y, choice)
         p = None
         if kind != "sgd":
             with tf.GradientTape() as tape:
@@ -99,10 +101,10 @@ class Probe:
             p = preconditioner(kind, first_step_slots(kind, tape.gradient(total, theta), hyper), 1, hyper)
         return measure(loss_of, theta, self._start(theta), self.shape.iterations, p)
 
-    def _current(self, theta, slots, steps, x, y, choice):
+    def _current(self, theta, state, slots, steps, x, y, choice):
         kind = self.shape.optimizer
         p = preconditioner(kind, slots, steps, HYPER[kind]) if kind != "sgd" else None
-        return measure(self._loss_of(x, y, choice), theta, self._start(theta), self.shape.iterations, p)
+        return measure(self._loss_of(state, x, y, choice), theta, self._start(theta), self.shape.iterations, p)
 
 
 # Populations train on threads side by side. Tracing forward-mode code goes through TensorFlow's
@@ -127,8 +129,8 @@ def probe(shape: ProbeShape) -> Probe:
     return Probe(shape)
 
 
-def measure_population(p, theta: list, slots: dict, steps: int, live: np.ndarray, telemetry: SharpnessTelemetry,
-                       initial: bool) -> tuple[np.ndarray, np.ndarray]:
+def measure_population(p, theta: list, state: list, slots: dict, steps: int, live: np.ndarray,
+                       telemetry: SharpnessTelemetry, initial: bool) -> tuple[np.ndarray, np.ndarray]:
     """λ_max(H) and λ_max(P⁻¹H) of the runs `live` of population `p` (`train.Population`) at the
     weights `theta` and slots after `steps` updates, on the loss of the training set's first
     `telemetry.rows` rows; [K] each, NaN for runs not measured and, for λ_max(P⁻¹H), for SGD."""
@@ -143,7 +145,7 @@ def measure_population(p, theta: list, slots: dict, steps: int, live: np.ndarray
         return sharp, precond
     rows = np.arange(telemetry.rows(p.n), dtype=np.int32)
     for some in slices(live.astype(np.int32), slice_size(p.program.shape.archs[0], len(rows), len(live))):
-        args = ([tf.gather(v, some) for v in theta],)
+        args = ([tf.gather(v, some) for v in theta], [tf.gather(v, some) for v in state])
         if not initial:
             args += ({name: [tf.gather(v, some) for v in s] for name, s in slots.items()}, tf.constant(steps, tf.int32))
         args += (tf.gather(p.x, p.offset[some, None] + rows), tf.gather(p.y, p.offset[some, None] + rows),

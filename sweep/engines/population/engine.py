@@ -13,14 +13,15 @@ half and retried, so the worker never crashes on it::
 from __future__ import annotations
 
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from ...catalog import EXAMPLES
 from ...spec import CLIP_AXES, Config, Run, Study
-from .. import Outcome, example_data
-from .model import Unsupported, initial_model
+from .. import Outcome, run_data
+from .model import Graph, Unsupported, initial_model
 from .sizing import concurrent_populations, population_size, populations
 from .step import KERAS_LOSSES, SLOTS, WRITTEN_LOSSES
 from .train import train_population
@@ -63,11 +64,14 @@ def schedule(study: Study, runs: Sequence[Run], groups: list[list[int]], max_k: 
     than waiting for another's. Then the longest first: the smallest batches, whose epochs
     take the most steps, so that no thread is left with a long population at the end while
     the others idle."""
-    n = len(example_data(study.example, study.data_seed, "none")[0]) if groups else 0
     work: list[list[Work]] = []
     for same_key in groups:
         activations = [runs[i].config.activation for i in same_key]
-        for shared in shared_activations(activations, len(same_key) * study.epochs * n):
+        first = runs[same_key[0]]
+        n = len(run_data(study, first.config)[0])
+        # A Keras graph computes one activation's model: a program each.
+        graph = isinstance(initial_model(study, first.config, first.seed)[0], Graph)
+        for shared in shared_activations(activations, math.inf if graph else len(same_key) * study.epochs * n):
             members = [i for i in same_key if runs[i].config.activation in shared]
             first = runs[members[0]]
             arch, _ = initial_model(study, first.config, first.seed)
@@ -96,6 +100,7 @@ class PopulationEngine:
 
     def __init__(self, jit: bool = True, max_k: int | None = None):
         self.jit, self.max_k = jit, max_k
+        self.unjitted: set[tuple] = set()  # (example, activations) whose programs XLA failed to compile
 
     @staticmethod
     def program_key(run: Run) -> tuple:
@@ -105,17 +110,15 @@ class PopulationEngine:
     def capacity(self, study: Study) -> int:
         """Runs this worker trains at once in this study: K per population (from its memory or
         GPU memory, for the study's group whose runs need the most) times populations at a time.
-        0 when the engine trains none of the study's runs itself (a user builder)."""
-        if study.example not in EXAMPLES:
-            return 0
-        n = len(example_data(study.example, study.data_seed, "none")[0])
+        0 when the engine trains none of the study's runs itself (a model it cannot express)."""
         firsts = {group_key(c): c for c in study.configs()}
         ks = []
         for c in firsts.values():
             try:
                 self.check(study, Run(0, c, study.seeds[0]))
-            except Unsupported:
+            except Exception:  # Unsupported, or a user builder that fails: no population to size
                 continue
+            n = len(run_data(study, c)[0])
             arch, _ = initial_model(study, c, study.seeds[0])
             ks.append(population_size(arch, c.batch_size, n, c.optimizer, self.max_k))
         return min(ks, default=0) * concurrent_populations()
@@ -130,6 +133,8 @@ class PopulationEngine:
                 by_key.setdefault(group_key(run.config), []).append(i)
             except Unsupported:
                 on_keras.append(i)
+            except Exception as exc:  # a user builder that fails: the run records its error
+                results[i] = exc
         if on_keras:
             from ..keras_engine import KerasEngine
 
@@ -161,24 +166,30 @@ class PopulationEngine:
     def check(study: Study, run: Run) -> None:
         """Raise Unsupported when this engine cannot train the run exactly as Keras would."""
         c = run.config
-        if study.example not in EXAMPLES:
-            raise Unsupported(f"{study.example}: user builders run on the keras engine")
         if c.optimizer not in SLOTS:
             raise Unsupported(f"optimizer {c.optimizer!r}")
-        if c.loss not in KERAS_LOSSES and c.loss not in WRITTEN_LOSSES:
+        if study.example in EXAMPLES and c.loss not in KERAS_LOSSES and c.loss not in WRITTEN_LOSSES:
             raise Unsupported(f"loss {c.loss!r}")
-        initial_model(study, c, run.seed)  # raises Unsupported for layers it cannot express
+        initial_model(study, c, run.seed)  # raises Unsupported for a model it cannot express
 
     def _train_fitting(self, study: Study, runs: list[Run], program_of: tuple) -> list[Outcome | BaseException]:
-        """Train one population; if it runs out of memory, train its halves instead."""
+        """Train one population; if it runs out of memory, train its halves instead. A program XLA
+        cannot compile (an op with no XLA kernel in a user's model) trains without XLA."""
         import tensorflow as tf
 
         kinds, shared = program_of
         # The hand-written losses are evaluated sample by sample (tf.vectorized_map), a program
         # XLA compiles for minutes per population shape: it never pays back, so they run without.
-        jit = self.jit and runs[0].config.loss not in WRITTEN_LOSSES
+        jit = self.jit and runs[0].config.loss not in WRITTEN_LOSSES and (study.example, shared) not in self.unjitted
         try:
             return train_population(study, runs, jit=jit, clip_kinds=kinds, activations=shared)
+        except tf.errors.InvalidArgumentError as exc:
+            if not jit or "XLA" not in str(exc):
+                raise
+            log.warning("XLA cannot compile %s (%s); it trains without XLA", study.example,
+                        str(exc).strip().splitlines()[0][:200])
+            self.unjitted.add((study.example, shared))
+            return self._train_fitting(study, runs, program_of)
         except tf.errors.ResourceExhaustedError as exc:
             if len(runs) == 1:
                 return [exc]

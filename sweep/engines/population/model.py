@@ -1,11 +1,20 @@
-"""A run's model as the population engine reads it: the layer shapes and activation functions
-(`Architecture`) and the initial weights, taken from the Keras builder under the run's seed.
+"""A run's model as the population engine reads it, and its initial weights, taken from the Keras
+builder under the run's seed. There are two readings:
 
-The engine trains only what it can express exactly as Keras does, a stack of plain float32
-Dense layers with bias; anything else raises `Unsupported` and goes to the keras engine. A
-run's initial weights are one flat float32 vector in the order Keras lists the variables
-(kernel, bias, kernel, bias, ...); a population stacks them and `Architecture.split` cuts the
-[K, P] stack into one [K, *shape] tensor per variable, the form the program trains::
+* `Architecture`, a stack of plain float32 Dense layers with bias (the catalog's examples): the
+  program computes it with its own batched matmuls (`step.forward`), and one program may serve
+  several activations at once;
+* `Graph`, any other single-input, single-output float32 Keras model (a user's CNN, RNN, MLP with
+  BatchNormalization or Dropout, ...): the program runs Keras's own layer code,
+  `Model.stateless_call` vectorized over the runs (`Graph.evaluate`), and carries each run's
+  non-trainable state (BatchNormalization's moving statistics, the Dropout and RNN seed
+  generators' state) from step to step, as Keras updates it.
+
+What neither expresses raises `Unsupported`, and the keras engine trains it, run by run. A
+run's initial weights are one flat float32 vector in the order Keras lists the trainable
+variables (kernel, bias, kernel, bias, ...), followed for a `Graph` by its non-trainable
+variables; a population stacks them and `split` cuts the [K, P] stack into one [K, *shape]
+tensor per variable, the form the program trains::
 
     >>> from sweep.spec import parse
     >>> from sweep.engines.population import initial_model
@@ -21,8 +30,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,10 +52,27 @@ class Architecture:
     shapes: tuple[tuple[int, int], ...]
     activations: tuple[Callable, ...]
     accuracy: str
+    state_shapes: tuple = ()  # a Dense stack holds no non-trainable state
+    state_dtypes: tuple = ()
+    jit: bool = True
+    exact_batches: bool = False  # each sample's loss is its own: a padded batch changes nothing
 
     @property
     def variable_shapes(self) -> list[tuple[int, ...]]:
         return [s for i, o in self.shapes for s in ((i, o), (o,))]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.shapes[0][0],)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return (self.shapes[-1][1],)
+
+    @property
+    def widths(self) -> int:
+        """Floats of one sample's input and layer outputs: what a batch's activations cost."""
+        return self.shapes[0][0] + sum(o for _, o in self.shapes)
 
     @property
     def n_params(self) -> int:
@@ -54,12 +80,16 @@ class Architecture:
 
     def split(self, theta: np.ndarray) -> list[np.ndarray]:
         """[K, P] flat weights -> the stacked variables [K, *shape], in the model's order."""
-        out, start = [], 0
-        for shape in self.variable_shapes:
-            size = int(np.prod(shape))
-            out.append(np.ascontiguousarray(theta[:, start:start + size].reshape(-1, *shape)))
-            start += size
-        return out
+        return split(theta, self.variable_shapes)
+
+    def stack(self, weights: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The runs' initial weights (`initial_model`) -> the stacked variables and state."""
+        return self.split(np.stack(weights)), []
+
+    def key(self) -> tuple:
+        """The architecture in words that are the same in every process (activation functions by
+        their qualified names, not their addresses)."""
+        return (self.shapes, [f"{f.__module__}.{f.__qualname__}" for f in self.activations], self.accuracy)
 
     def flops_per_sample(self) -> int:
         """Floating-point operations of one sample's forward and backward pass through the matmuls:
@@ -67,6 +97,89 @@ class Architecture:
         the first layer's input gradient, which training never needs."""
         forward = sum(2 * i * o for i, o in self.shapes)
         return 3 * forward - 2 * self.shapes[0][0] * self.shapes[0][1]
+
+
+def split(theta: np.ndarray, shapes) -> list[np.ndarray]:
+    """[K, P] flat values -> one [K, *shape] array per shape, in order."""
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(np.ascontiguousarray(theta[:, start:start + size].reshape(-1, *shape)))
+        start += size
+    return out
+
+
+# Recurrent layers are unrolled up to this many time steps: a vectorized while loop does not
+# compile under XLA, an unrolled one does (and runs 3-6x faster on 2 CPU cores, K = 8, 30 steps).
+UNROLL_MAX_STEPS = 100
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Any single-input, single-output float32 Keras model, run by its own layer code.
+
+    `evaluate` is `Model.stateless_call` under `tf.vectorized_map` over the runs, with the loss
+    and accuracy computed inside the map, on the model's own output tensor: a sigmoid or softmax
+    output carries its logits there, and Keras's cross-entropies read them, as in `model.fit`.
+    Programs are shared by models of one `signature` (their layer configurations and loss); the
+    `model` instance only traces, with every weight passed in."""
+
+    signature: str
+    variable_shapes: tuple[tuple[int, ...], ...]
+    state_shapes: tuple[tuple[int, ...], ...]
+    state_dtypes: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    widths: int  # floats of one sample's activations through the layers (memory per sample)
+    accuracy: str
+    jit: bool  # False when XLA cannot compile it as Keras computes it (a long recurrent loop, random draws)
+    exact_batches: bool  # a step depends on its batch as a whole (batch statistics, random masks)
+    model: Any = field(compare=False, hash=False, repr=False)
+    loss: Any = field(compare=False, hash=False, repr=False)
+
+    @property
+    def n_params(self) -> int:
+        return sum(int(np.prod(s)) for s in self.variable_shapes)
+
+    def stack(self, weights: list[tuple[np.ndarray, ...]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The runs' initial values (`initial_model`: each run's trainable variables, then its
+        non-trainable ones, each in its own dtype) -> the stacked variables and state."""
+        values = [np.stack(v) for v in zip(*weights)]
+        return values[:len(self.variable_shapes)], values[len(self.variable_shapes):]
+
+    def key(self) -> tuple:
+        return (self.signature, self.accuracy, self.jit)
+
+    def evaluate(self, theta: list, state: list, x, y, training: bool):
+        """Per-sample loss and accuracy of every run, [K, B] each, and the runs' new state, for
+        the stacked weights `theta`, state `state`, inputs x [K, B, ...] and targets y [K, B, ...]."""
+        import tensorflow as tf
+
+        loss, accuracy = self.loss, per_sample_accuracy(self.accuracy)
+
+        def one_run(args):
+            weights, own_state, xb, yb = args
+            pred, own_state = self.model.stateless_call(weights, own_state, xb, training=training)
+            # Loss.__call__ without its reduction: the per-sample values it averages.
+            values = loss.call(tf.convert_to_tensor(yb, loss.dtype), tf.convert_to_tensor(pred, loss.dtype))
+            acc = accuracy(yb, pred)
+            return per_sample(values), per_sample(acc), own_state
+
+        return tf.vectorized_map(one_run, (theta, state, x, y))
+
+
+def per_sample(values):
+    """[B, ...] -> [B]: the mean over a sample's own elements, as `sum_over_batch_size` weighs them."""
+    import tensorflow as tf
+
+    return tf.reduce_mean(values, axis=list(range(1, len(values.shape)))) if len(values.shape) > 1 else values
+
+
+def per_sample_accuracy(kind: str) -> Callable:
+    """What metrics=["accuracy"] computes for every sample, on any leading axes."""
+    import keras
+
+    return keras.metrics.binary_accuracy if kind == "binary" else keras.metrics.categorical_accuracy
 
 
 def read_model(model, accuracy: str) -> tuple[Architecture, np.ndarray]:
@@ -89,14 +202,108 @@ def read_model(model, accuracy: str) -> tuple[Architecture, np.ndarray]:
     return Architecture(tuple(shapes), tuple(acts), accuracy), np.concatenate(weights)
 
 
-@functools.lru_cache(maxsize=512)
-def built_model(example: str, data_seed: int, activation: str, seed: int) -> tuple[Architecture, np.ndarray]:
-    """The Keras build of one (example, activation, seed), read once and kept read-only."""
-    from ...spec import config_from_dict
+# Layer settings that shape no computation once the weights exist: two builds that differ in them
+# share one program (Keras numbers layer names per build; initializers and seeds make weights).
+NOT_COMPUTATION = ("name", "seed", "dtype")
 
-    config = config_from_dict({**EXAMPLES[example].defaults, "activation": activation})
-    p = problem(_StudyView(example, data_seed), config, seed)  # type: ignore[arg-type]
-    arch, theta = read_model(p.model, p.accuracy)
+
+def signature(model, loss) -> str:
+    """The model's layers and loss as words equal for every build of one builder call."""
+    def settings(config: dict) -> list:
+        return sorted((k, repr(v)) for k, v in config.items()
+                      if k not in NOT_COMPUTATION and not k.endswith(("initializer", "_seed")))
+
+    layers = [(type(layer).__qualname__, settings(layer.get_config())) for layer in model._flatten_layers()]
+    return repr((layers, type(loss).__qualname__, getattr(getattr(loss, "fn", None), "__qualname__", None),
+                 settings(loss.get_config())))
+
+
+def training_graph(model, input_shape: tuple[int, ...]):
+    """The graph of one sample's forward pass in training mode."""
+    import tensorflow as tf
+
+    return tf.function(lambda x: model(x, training=True)).get_concrete_function(
+        tf.TensorSpec([1, *input_shape], tf.float32)).graph
+
+
+def activation_floats(graph) -> int:
+    """Floats of one sample's forward pass: every float32 value its traced graph computes, weights
+    read included. Measured on the traced graph rather than from layer shapes, so that any layer,
+    and an unrolled recurrent layer's every step, counts."""
+    import tensorflow as tf
+
+    return int(sum(np.prod(t.shape.as_list()) for op in graph.get_operations() for t in op.outputs
+                   if t.dtype == tf.float32 and t.shape.is_fully_defined()))
+
+
+def draws_random(graph) -> bool:
+    """Whether the forward pass draws random numbers (Dropout, noise layers): their shape is the
+    batch's, so a padded batch would draw other numbers than Keras."""
+    return any("Random" in op.type for op in graph.get_operations())
+
+
+def read_graph(model, loss, accuracy: str) -> tuple[Graph, tuple[np.ndarray, ...]]:
+    """Any Keras model the engine runs by its own layer code (`Graph`), and its flat initial
+    trainable weights followed by its non-trainable state. Raises `Unsupported`, naming the
+    layer or feature, for what it cannot train exactly as the keras engine does."""
+    import keras
+
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise Unsupported(f"model {model.name} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                          "the engine trains models of one input and one output")
+    for v in model.trainable_variables:
+        if v.dtype != "float32":
+            raise Unsupported(f"variable {v.path} is {v.dtype}; the engine trains float32 models")
+    reduction = getattr(loss, "reduction", None)
+    if reduction != "sum_over_batch_size":
+        raise Unsupported(f"loss {getattr(loss, 'name', loss)!r} reduces with {reduction!r}; the engine "
+                          "averages per-sample losses (Keras's sum_over_batch_size)")
+    jit = True
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.RNN):
+            if hasattr(layer, "use_cudnn"):
+                layer.use_cudnn = False  # one cuDNN call per run would serialise the population
+            steps = layer.input.shape[1] if hasattr(layer, "input") else None
+            if steps is not None and steps <= UNROLL_MAX_STEPS:
+                layer.unroll = True
+            else:
+                jit = False
+    input_shape = tuple(model.inputs[0].shape[1:])
+    output_shape = tuple(model.outputs[0].shape[1:])
+    if None in input_shape or None in output_shape:
+        raise Unsupported(f"model {model.name} has inputs {input_shape} or outputs {output_shape} of unknown size")
+    variables, state = model.trainable_variables, model.non_trainable_variables
+    traced = training_graph(model, input_shape)
+    random = draws_random(traced)
+    # XLA draws other random numbers than TensorFlow's kernels for the same seeds: a model with
+    # Dropout runs unjitted, as the keras engine does, so that every run draws Keras's masks.
+    jit = jit and not random
+    exact = random or any(isinstance(layer, keras.layers.BatchNormalization)
+                                        for layer in model._flatten_layers())
+    graph = Graph(signature(model, loss), tuple(tuple(v.shape) for v in variables), tuple(tuple(v.shape) for v in state),
+                  tuple(str(v.dtype) for v in state), input_shape, output_shape, activation_floats(traced), accuracy, jit, exact, model, loss)
+    values = tuple(np.asarray(v.numpy()) for v in (*variables, *state))
+    for v in values:
+        v.setflags(write=False)
+    return graph, values
+
+
+Model = Architecture | Graph
+# A run's initial values: a Dense stack's flat float32 weights, a graph's variables one by one.
+Weights = np.ndarray | tuple[np.ndarray, ...]
+
+
+@functools.lru_cache(maxsize=512)
+def built_model(study: "_StudyView", activation: str, seed: int) -> tuple[Model, Weights]:
+    """The Keras build of one (example, activation, seed), read once and kept read-only."""
+    from ...spec import config_from_dict, example_defaults
+
+    config = config_from_dict({**example_defaults(study.example), "activation": activation})
+    p = problem(study, config, seed)  # type: ignore[arg-type]
+    if study.example in EXAMPLES:
+        arch, theta = read_model(p.model, p.accuracy)
+    else:
+        return read_graph(p.model, p.loss_fn, p.accuracy)
     theta.setflags(write=False)
     return arch, theta
 
@@ -107,18 +314,19 @@ class _StudyView:
 
     example: str
     data_seed: int
+    search_path: tuple[str, ...] = ()
 
 
 _build_lock = threading.Lock()
 
 
-def initial_model(study: Study, config: Config, seed: int) -> tuple[Architecture, np.ndarray]:
+def initial_model(study: Study, config: Config, seed: int) -> tuple[Model, Weights]:
     """The Keras builder's model for this run and seed, read as an architecture and flat weights.
 
     They depend on the layers and the seed only (the scaler keeps the feature count), so the
     model is built once per (example, activation, seed) and shared by every learning rate,
-    clipping, scaler and schedule."""
-    if study.example not in EXAMPLES:
-        raise Unsupported(f"{study.example} is a user builder")
+    clipping, scaler and schedule. A user's builder that fails here is the user's error, not
+    an unsupported model: it is raised as it is, and the run records it."""
+    view = _StudyView(study.example, study.data_seed, study.search_path)
     with _build_lock:  # keras.utils.set_random_seed is process-wide
-        return built_model(study.example, study.data_seed, config.activation, seed)
+        return built_model(view, config.activation, seed)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Callable, Hashable, TypeVar
 
 from .. import xla
-from .model import Architecture
-from .step import SLOTS, Step, forward
+from .model import Architecture, Graph
+from .step import SLOTS, Step
 
 # XLA's flags and its compile cache are set up before TensorFlow's first op (`sweep.engines.xla`).
 xla.configure()
@@ -37,7 +37,7 @@ class ProgramShape:
     """Everything a traced program depends on but K and the batch size; equal shapes share one
     trace, which XLA compiles once per (K, batch size)."""
 
-    archs: tuple[Architecture, ...]  # one per activation the program serves; a run's `choice` picks it
+    archs: tuple[Architecture | Graph, ...]  # one per activation the program serves; a run's `choice` picks it
     loss: str
     optimizer: str
     n: int  # training-set size
@@ -48,9 +48,7 @@ class ProgramShape:
         """What the program is, in words that are the same in every process (activation functions
         by their qualified names, not their addresses): `xla.stable_names` numbers its
         trace from it."""
-        archs = [(a.shapes, [f"{f.__module__}.{f.__qualname__}" for f in a.activations], a.accuracy)
-                 for a in self.archs]
-        return repr((archs, self.loss, self.optimizer, self.n, sorted(self.clip_kinds), self.jit))
+        return repr(([a.key() for a in self.archs], self.loss, self.optimizer, self.n, sorted(self.clip_kinds), self.jit))
 
 
 def tally(stats: dict, alive, finite, acted, loss, acc, norm, size, iteration) -> dict:
@@ -89,27 +87,30 @@ class Program:
         # rounding does not depend on which slice of runs happened to be evaluated first.
         arch = shape.archs[0]
         theta = [tf.TensorSpec([None, *v], tf.float32) for v in arch.variable_shapes]
+        state = [tf.TensorSpec([None, *v], d) for v, d in zip(arch.state_shapes, arch.state_dtypes)]
         per_run = tf.TensorSpec([None], tf.float32)
-        x = tf.TensorSpec([None, arch.shapes[0][0]], tf.float32)
-        y = tf.TensorSpec([None, arch.shapes[-1][1]], tf.float32)
+        x = tf.TensorSpec([None, *arch.input_shape], tf.float32)
+        y = tf.TensorSpec([None, *arch.output_shape], tf.float32)
         choice = tf.TensorSpec([None], tf.int32)
         self.initial = tf.function(self._initial, autograph=False, input_signature=[
-            theta, tf.TensorSpec([None, None, arch.shapes[0][0]], tf.float32),
-            tf.TensorSpec([None, None, arch.shapes[-1][1]], tf.float32), choice])
+            theta, state, tf.TensorSpec([None, None, *arch.input_shape], tf.float32),
+            tf.TensorSpec([None, None, *arch.output_shape], tf.float32), choice])
         self.epoch = tf.function(self._epoch, jit_compile=shape.jit, autograph=False, input_signature=[
-            theta, {name: theta for name in SLOTS[shape.optimizer]}, tf.TensorSpec([None], tf.bool),
+            theta, state, {name: theta for name in SLOTS[shape.optimizer]}, tf.TensorSpec([None], tf.bool),
             tf.TensorSpec([], tf.int32), tf.TensorSpec([None, None, None], tf.int32), x, y, choice,
             per_run, per_run, per_run, per_run])
         # Traced now, under names that are the same in every process, so that an executable
-        # XLA compiled for it in another process is found in the compile cache.
+        # XLA compiled for it in another process is found in the compile cache; and before any
+        # thread calls them, since a Keras model traces through shared layer objects.
         with xla.stable_names(shape.key()):
             self.epoch.get_concrete_function()
+        self.initial.get_concrete_function()
         self.compiled: set[tuple[int, int]] = set()
 
-    def run_epoch(self, theta, slots, alive, first_step, order, *rest):
+    def run_epoch(self, theta, state, slots, alive, first_step, order, *rest):
         """`epoch` (see `_epoch`); the first call for each (K, batch size) compiles, and the cache
         entry XLA wrote for it is sealed (`xla.seal`) once it has run."""
-        out = self.epoch(theta, slots, alive, first_step, order, *rest)
+        out = self.epoch(theta, state, slots, alive, first_step, order, *rest)
         shape = tuple(order.shape[::2])
         if shape not in self.compiled:
             self.compiled.add(shape)
@@ -118,20 +119,26 @@ class Program:
                 xla.seal(d)
         return out
 
-    def _initial(self, theta: list, x, y, choice):
-        """l0 and the initial accuracy of every run on its whole training set x [K, n, features];
-        `theta`: the stacked variables; `choice` [K]: each run's activation (`forward`)."""
+    def _initial(self, theta: list, state: list, x, y, choice):
+        """l0 and the initial accuracy of every run on its whole training set x [K, n, ...] in
+        inference mode, as `model(x, training=False)`; `theta`: the stacked variables, `state` the
+        non-trainable ones; `choice` [K]: each run's activation (`step.forward`)."""
         import tensorflow as tf
 
-        pred = forward(self.shape.archs, theta, x, choice)
+        losses, accuracies, _ = self.step.evaluate(theta, state, x, y, choice, training=False)
         n = tf.cast(tf.shape(x)[1], tf.float32)
-        return (tf.reduce_sum(self.step.loss(y, pred), axis=1) / n,
-                tf.reduce_sum(self.step.accuracy(y, pred), axis=1) / n)
+        return tf.reduce_sum(losses, axis=1) / n, tf.reduce_sum(accuracies, axis=1) / n
 
-    def _epoch(self, theta, slots, alive, first_step, order, x, y, choice, lr, clipnorm, global_clipnorm, clipvalue):
+    def _epoch(self, theta, state, slots, alive, first_step, order, x, y, choice, lr, clipnorm, global_clipnorm,
+               clipvalue):
         """Train every run through one epoch. `order` [K, steps, B] holds each run's row indices
         into x, y in its batch order, the last batch padded; `first_step` is the global index of
-        the epoch's first step. Returns the new state and the epoch's per-run telemetry."""
+        the epoch's first step. Returns the new weights, state and slots and the epoch's per-run
+        telemetry.
+
+        A model whose training step depends on the batch as a whole (BatchNormalization's batch
+        statistics, the shape of a Dropout mask) trains its partial last batch as a step of its
+        own, of its own size, after the loop, as Keras does: padding would change it."""
         import tensorflow as tf
 
         # Known when XLA compiles, not when the function is traced (one trace, every batch size).
@@ -146,21 +153,29 @@ class Program:
         # lowered to XLA twice (once to learn the array's shape), 0.5 s per program.
         norms = tf.zeros([n_steps, k], tf.float32)
 
-        def one_step(s, theta, slots, alive, stats, norms):
-            idx = tf.gather(order, s, axis=1)
-            valid = s * B + tf.range(B) < n
-            size = tf.minimum(B, n - s * B)
+        def step_on(s, idx, valid, size, theta, state, slots, alive, stats, norms):
             iteration = first_step + s
-            theta, slots, loss, acc, norm, acted, finite = self.step(
-                theta, slots, iteration, tf.gather(x, idx), tf.gather(y, idx), valid, tf.cast(size, tf.float32),
-                choice, lr, clipnorm, global_clipnorm, clipvalue)
+            theta, state, slots, loss, acc, norm, acted, finite = self.step(
+                theta, state, slots, iteration, tf.gather(x, idx), tf.gather(y, idx), valid,
+                tf.cast(size, tf.float32), choice, lr, clipnorm, global_clipnorm, clipvalue)
             stats = tally(stats, alive, finite, acted, loss, acc, norm, size, iteration)
-            return s + 1, theta, slots, alive & finite, stats, tf.tensor_scatter_nd_update(norms, [[s]], [norm])
+            return theta, state, slots, alive & finite, stats, tf.tensor_scatter_nd_update(norms, [[s]], [norm])
 
+        def one_step(s, *carry):
+            idx = tf.gather(order, s, axis=1)
+            return (s + 1, *step_on(s, idx, s * B + tf.range(B) < n, tf.minimum(B, n - s * B), *carry))
+
+        exact_tail = self.shape.archs[0].exact_batches
+        loop_steps = n // B if exact_tail else n_steps
         # An explicit while loop: the function is traced without AutoGraph, which traces faster.
-        _, theta, slots, alive, stats, norms = tf.while_loop(
-            lambda s, *_: s < n_steps, one_step, (tf.constant(0), theta, slots, alive, stats, norms))
-        return theta, slots, alive, stats, norms
+        _, *carry = tf.while_loop(lambda s, *_: s < loop_steps, one_step,
+                                  (tf.constant(0), theta, state, slots, alive, stats, norms))
+        if exact_tail:
+            # n and B are known when XLA compiles, so the tail's size is a constant there.
+            tail = n - loop_steps * B
+            carry = tf.cond(tail > 0, lambda: step_on(loop_steps, order[:, loop_steps, :tail], tf.range(tail) >= 0,
+                                                      tail, *carry), lambda: tuple(carry))
+        return tuple(carry)
 
 
 T = TypeVar("T")

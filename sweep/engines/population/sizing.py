@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 
-from .model import Architecture
+import numpy as np
+
+from .model import Architecture, Graph
 from .step import SLOTS
 
 CPU_MAX_K = 48
@@ -79,19 +81,20 @@ def concurrent_populations() -> int:
     return max(1, threads or len(os.sched_getaffinity(0)))
 
 
-def bytes_per_run(arch: Architecture, batch_size: int, n: int, optimizer: str, activations: int = 1) -> int:
+def bytes_per_run(arch: Architecture | Graph, batch_size: int, n: int, optimizer: str, activations: int = 1) -> int:
     """A generous estimate of one run's share of a program's memory, in bytes (float32).
 
     Weights, gradient and slots with the update's new copies and temporaries (8 + 2 x slots
     copies of the weights), the step's activations and their gradients (4 copies of every
     layer's output per activation the program computes, and of the gathered batch), and its
     batch order (int32)."""
-    widths = arch.shapes[0][0] + activations * sum(o for _, o in arch.shapes)
+    inputs = int(np.prod(arch.input_shape))
+    widths = inputs + activations * (arch.widths - inputs)
     floats = (8 + 2 * len(SLOTS[optimizer])) * arch.n_params + 4 * batch_size * widths + n
     return 4 * floats
 
 
-def population_size(arch: Architecture, batch_size: int, n: int, optimizer: str,
+def population_size(arch: Architecture | Graph, batch_size: int, n: int, optimizer: str,
                     max_k: int | None = None, activations: int = 1) -> int:
     """K on this worker: the device's useful maximum, bounded by its free memory."""
     per_run = bytes_per_run(arch, batch_size, n, optimizer, activations)

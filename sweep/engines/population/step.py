@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from ...catalog import make_loss
-from .model import Architecture, Unsupported
+from .model import Architecture, Graph, Unsupported, per_sample_accuracy
 
 # Keras's defaults for the optimizers the sweep builds (keras.optimizers.Adam(), SGD(), RMSprop()).
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
@@ -93,12 +93,11 @@ def per_sample_loss(name: str) -> Callable:
     return per_sample
 
 
-def per_sample_accuracy(kind: str) -> Callable:
+def accuracy_of(kind: str) -> Callable:
     """What metrics=["accuracy"] computes for every sample of every run, [K, B]."""
-    import keras
     import tensorflow as tf
 
-    metric = keras.metrics.binary_accuracy if kind == "binary" else keras.metrics.categorical_accuracy
+    metric = per_sample_accuracy(kind)
 
     def accuracy(y, pred):
         values = metric(y, pred)
@@ -187,27 +186,38 @@ def update(optimizer: str, theta, g, slots: dict, lr, iteration):
 
 class Step:
     """One training step of every run of a program: loss, gradient, clipping, update, and the
-    finiteness test. `archs` are the program's architectures (one per activation it serves),
+    finiteness test. `archs` are the program's architectures (Dense stacks, one per activation
+    it serves, or one `Graph`), `loss` the catalog's loss name (a `Graph` brings its own),
     `clip_kinds` the clipping kinds any of its runs uses (the others cost no ops)."""
 
-    def __init__(self, archs: Sequence[Architecture], loss: str, optimizer: str, clip_kinds: frozenset):
+    def __init__(self, archs: Sequence[Architecture | Graph], loss: str, optimizer: str, clip_kinds: frozenset):
         self.archs, self.optimizer, self.clip_kinds = tuple(archs), optimizer, clip_kinds
-        self.loss = per_sample_loss(loss)
-        self.accuracy = per_sample_accuracy(self.archs[0].accuracy)
+        self.graph = isinstance(self.archs[0], Graph)
+        if not self.graph:
+            self.loss = per_sample_loss(loss)
+            self.accuracy = accuracy_of(self.archs[0].accuracy)
 
-    def __call__(self, theta: list, slots: dict, iteration, xb, yb, valid, count, choice, lr, clipnorm,
+    def evaluate(self, theta: list, state: list, x, y, choice, training: bool):
+        """Per-sample loss and accuracy of every run, [K, B] each, and the runs' new state."""
+        if self.graph:
+            return self.archs[0].evaluate(theta, state, x, y, training)
+        pred = forward(self.archs, theta, x, choice)
+        return self.loss(y, pred), self.accuracy(y, pred), state
+
+    def __call__(self, theta: list, state: list, slots: dict, iteration, xb, yb, valid, count, choice, lr, clipnorm,
                  global_clipnorm, clipvalue):
-        """`theta` and each slot are lists of stacked variables [K, *shape], in the model's order;
-        `xb`, `yb` [K, B, ...] the batch, `valid` [B] its real samples (`count` of them); `choice`
-        [K] each run's activation; `lr` and the thresholds [K]. Returns the new weights and slots
-        and per run: loss, accuracy, unclipped gradient norm, whether clipping acted, and whether
-        the loss, the norm and every updated weight are finite."""
+        """`theta` and each slot are lists of stacked variables [K, *shape], in the model's order,
+        `state` the stacked non-trainable variables; `xb`, `yb` [K, B, ...] the batch, `valid` [B]
+        its real samples (`count` of them); `choice` [K] each run's activation; `lr` and the
+        thresholds [K]. Returns the new weights, state and slots and per run: loss, accuracy,
+        unclipped gradient norm, whether clipping acted, and whether the loss, the norm and every
+        updated weight are finite."""
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
             tape.watch(theta)
-            pred = forward(self.archs, theta, xb, choice)
-            loss = masked_mean(self.loss(yb, pred), valid, count)
+            losses, accuracies, state = self.evaluate(theta, state, xb, yb, choice, training=True)
+            loss = masked_mean(losses, valid, count)
             # The sum's gradient with respect to run k's weights is run k's own gradient.
             total = tf.reduce_sum(loss)
         grads = tape.gradient(total, theta)
@@ -221,5 +231,5 @@ class Step:
         finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
         for w in theta:
             finite &= tf.reduce_all(tf.math.is_finite(w), axis=list(range(1, len(w.shape))))
-        accuracy = masked_mean(self.accuracy(yb, pred), valid, count)
-        return theta, slots, loss, accuracy, norm, acted, finite
+        accuracy = masked_mean(accuracies, valid, count)
+        return theta, state, slots, loss, accuracy, norm, acted, finite

@@ -23,7 +23,7 @@ import numpy as np
 
 from ...catalog import PLATEAU
 from ...spec import CLIP_AXES, Run, Study
-from .. import Outcome, batch_order, example_data
+from .. import Outcome, batch_order, data_key, run_data
 from .curvature import measure_population
 from .model import initial_model
 from .plateau import Plateau
@@ -43,12 +43,14 @@ def pad_last_batch(order: np.ndarray, batch_size: int) -> np.ndarray:
 
 @dataclass
 class Population:
-    """One population's tensors, ready to train. Each scaler a run asks for has its own copy of
-    the data in x, y, one after another; run k's rows start at `offset[k]`."""
+    """One population's tensors, ready to train. Each data set the runs train on (one per scaler,
+    `sweep.engines.data_key`) has its own copy in x, y, one after another; run k's rows start
+    at `offset[k]`."""
 
     runs: Sequence[Run]
     program: Program
     theta: list  # each variable stacked over the runs, [K, *shape], in the model's order
+    state: list  # each non-trainable variable stacked likewise (none for a Dense stack)
     slots: dict  # the optimizer's slots, one list like theta per slot name
     x: Any
     y: Any
@@ -68,15 +70,17 @@ def prepare(study: Study, runs: Sequence[Run], jit: bool, clip_kinds: frozenset 
     models = [initial_model(study, c, r.seed) for c, r in zip(configs, runs)]
     arch = models[0][0]
     # Each variable stacked over the runs, [K, *shape]: the program's ops read them as they are.
-    theta = [tf.constant(v) for v in arch.split(np.stack([w for _, w in models]))]
+    theta, state = arch.stack([w for _, w in models])
+    theta, state = [tf.constant(v) for v in theta], [tf.constant(v) for v in state]
     slots = {name: [tf.zeros_like(v) for v in theta] for name in SLOTS[c0.optimizer]}
 
-    scalers = sorted({c.scaler for c in configs})
-    data = [example_data(study.example, study.data_seed, s) for s in scalers]
+    keys = sorted({data_key(study, c) for c in configs})
+    first = {data_key(study, c): c for c in reversed(configs)}
+    data = [run_data(study, first[key]) for key in keys]
     n = len(data[0][0])
     x = tf.constant(np.concatenate([d[0] for d in data]).astype(np.float32))
     y = tf.constant(np.concatenate([d[1] for d in data]).astype(np.float32))
-    offset = np.array([scalers.index(c.scaler) * n for c in configs], dtype=np.int32)
+    offset = np.array([keys.index(data_key(study, c)) * n for c in configs], dtype=np.int32)
 
     if clip_kinds is None:
         clip_kinds = frozenset(a for a in CLIP_AXES if any(getattr(c, a) is not None for c in configs))
@@ -84,10 +88,10 @@ def prepare(study: Study, runs: Sequence[Run], jit: bool, clip_kinds: frozenset 
         activations = tuple(sorted({c.activation for c in configs}))
     archs = tuple(initial_model(study, replace(c0, activation=a), runs[0].seed)[0] for a in activations)
     choice = tf.constant(np.array([activations.index(c.activation) for c in configs], dtype=np.int32))
-    prog = program(ProgramShape(archs, c0.loss, c0.optimizer, n, clip_kinds, jit))
+    prog = program(ProgramShape(archs, c0.loss, c0.optimizer, n, clip_kinds, jit and all(a.jit for a in archs)))
     thresholds = tuple(tf.constant(np.array([getattr(c, axis) or 0.0 for c in configs], dtype=np.float32))
                        for axis in CLIP_AXES)
-    return Population(runs, prog, theta, slots, x, y, offset, n, choice, thresholds)
+    return Population(runs, prog, theta, state, slots, x, y, offset, n, choice, thresholds)
 
 
 def initial_evaluation(p: Population) -> tuple[np.ndarray, np.ndarray]:
@@ -101,12 +105,11 @@ def initial_evaluation(p: Population) -> tuple[np.ndarray, np.ndarray]:
     first = {t: k for k, t in reversed(list(enumerate(triple)))}
     distinct = np.array(sorted(first.values()), dtype=np.int32)
     rows = np.arange(p.n, dtype=np.int32)
-    shapes = p.program.shape.archs[0].shapes
-    per_slice = max(1, int(64e6 // (4 * p.n * (shapes[0][0] + sum(o for _, o in shapes)))))
+    per_slice = max(1, int(64e6 // (4 * p.n * p.program.shape.archs[0].widths)))
     initial = []
     for a in range(0, len(distinct), per_slice):
         some = distinct[a:a + per_slice]
-        initial.append(p.program.initial([tf.gather(v, some) for v in p.theta],
+        initial.append(p.program.initial([tf.gather(v, some) for v in p.theta], [tf.gather(v, some) for v in p.state],
                                          tf.gather(p.x, p.offset[some, None] + rows),
                                          tf.gather(p.y, p.offset[some, None] + rows), tf.gather(p.choice, some)))
     of_run = np.searchsorted(distinct, [first[t] for t in triple])
@@ -128,7 +131,7 @@ def train_epochs(study: Study, p: Population, outcomes: list[Outcome], alive: np
     norms: list[list[np.ndarray]] = [[] for _ in range(K)]
     n_steps = -(-p.n // B)
     steps_done = 0
-    theta, slots, alive_t = p.theta, p.slots, tf.constant(alive)
+    theta, state, slots, alive_t = p.theta, p.state, p.slots, tf.constant(alive)
     for epoch in range(1, study.epochs + 1):
         live = np.flatnonzero(alive)
         if not len(live):
@@ -137,8 +140,8 @@ def train_epochs(study: Study, p: Population, outcomes: list[Outcome], alive: np
         perms = {s: batch_order(s, epoch, p.n) for s in {r.seed for r in p.runs}}
         order = np.stack([p.offset[k] + perms[p.runs[k].seed] for k in range(K)]).astype(np.int32)
         order = pad_last_batch(order, B).reshape(K, n_steps, B)
-        theta, slots, alive_t, stats, step_norms = p.program.run_epoch(
-            theta, slots, alive_t, tf.constant(steps_done, tf.int32), tf.constant(order), p.x, p.y, p.choice,
+        theta, state, slots, alive_t, stats, step_norms = p.program.run_epoch(
+            theta, state, slots, alive_t, tf.constant(steps_done, tf.int32), tf.constant(order), p.x, p.y, p.choice,
             tf.constant(lr), *p.thresholds)
         stats = {name: t.numpy() for name, t in stats.items()}
         step_norms = step_norms.numpy()
@@ -159,15 +162,15 @@ def train_epochs(study: Study, p: Population, outcomes: list[Outcome], alive: np
                 lr[k] = plateaus[k].on_epoch_end(o.epoch_loss[-1], float(lr[k]))
         steps_done += n_steps
         if study.sharpness is not None and study.sharpness.due(epoch):
-            record_curvature(study, p, outcomes, theta, slots, steps_done, np.flatnonzero(alive), epoch)
+            record_curvature(study, p, outcomes, theta, state, slots, steps_done, np.flatnonzero(alive), epoch)
         wall[live] += (time.perf_counter() - t0) / len(live)
     return norms
 
 
-def record_curvature(study: Study, p: Population, outcomes: list[Outcome], theta: list, slots: dict, steps: int,
-                     live: np.ndarray, epoch: int) -> None:
+def record_curvature(study: Study, p: Population, outcomes: list[Outcome], theta: list, state: list, slots: dict,
+                     steps: int, live: np.ndarray, epoch: int) -> None:
     """The sharpness of the `live` runs after `epoch` (0: the initialised model) into their outcomes."""
-    sharp, precond = measure_population(p, theta, slots, steps, live, study.sharpness, initial=epoch == 0)
+    sharp, precond = measure_population(p, theta, state, slots, steps, live, study.sharpness, initial=epoch == 0)
     for k in live:
         outcomes[k].sharpness[epoch] = float(sharp[k])
         if p.runs[k].config.optimizer != "sgd":
@@ -188,7 +191,7 @@ def train_population(study: Study, runs: Sequence[Run], jit: bool = True, clip_k
     for k in np.flatnonzero(~alive):
         outcomes[k].first_nonfinite_step = 0
     if study.sharpness is not None:
-        record_curvature(study, p, outcomes, p.theta, p.slots, 0, np.flatnonzero(alive), 0)
+        record_curvature(study, p, outcomes, p.theta, p.state, p.slots, 0, np.flatnonzero(alive), 0)
     # Wall time: the set-up is shared by all runs, an epoch by the runs still training in it.
     wall = np.full(K, (time.perf_counter() - started) / K)
     norms = train_epochs(study, p, outcomes, alive, wall)
