@@ -274,3 +274,4 @@ def test_keras_model_stateless_call_under_vectorized_map(installed, name):
         assert relative(got_losses, losses) <= TOL, jit
         for v, a, b in zip(model.trainable_variables, got_grads, grads):
             assert relative(a, b) <= TOL, (jit, v.path, relative(a, b))
+

@@ -15,9 +15,9 @@ filter varies too (a population's stacked [K, kh, kw, C, O] kernels) it cannot, 
   matmul. The gradients are those of pad, strided slice, concat and matmul: batched, no loop.
 * ``"grouped"`` (GPU): the run axis is folded into the channels ([B, H, W, K*C] input,
   [kh, kw, C, K*O] filter) and one Conv2D with K feature groups computes every run, on cuDNN's
-  grouped kernels forward and backward. On XLA:CPU this form is correct but far slower than the
-  matmul (14x on the bench's CNN), and TensorFlow's CPU kernel for a Conv2D's filter gradient
-  takes no feature groups, so without XLA a CPU cannot train through it at all.
+  grouped kernels forward and backward. On XLA:CPU this form is correct but 14-70x slower than
+  the matmul (scripts/bench_conv_population.py); without XLA a CPU runs it about as fast as the
+  matmul, except that the filter gradient of an explicitly padded one fails there.
 
 The form is chosen when the op is converted: an op placed on a CPU device gets the matmul, one on
 a GPU the grouped convolution, an op with no device the grouped form if TensorFlow sees a GPU.
@@ -46,6 +46,7 @@ A function traced before `install()` keeps the graph it was traced with; install
     TensorShape([4, 2, 6, 6, 5])
     >>> float(tf.reduce_max(tf.abs(y[2] - tf.nn.conv2d(x, kernels[2], 1, "SAME")))) < 1e-4
     True
+    >>> uninstall()  # pfor's own converter again, for what is traced from now on
 """
 
 from __future__ import annotations
