@@ -187,6 +187,19 @@ def test_uncovered_convolutions_are_refused_so_pfor_falls_back():
     assert plan.pads == (1, 1, 1, 1) and (plan.out_height, plan.out_width) == (8, 8)
 
 
+def test_the_form_follows_the_ops_device():
+    assert convolution.choose_form("/job:localhost/replica:0/task:0/device:CPU:0") == "matmul"
+    assert convolution.choose_form("/device:GPU:1") == "grouped"
+    expected = "grouped" if tf.config.list_logical_devices("GPU") else "matmul"
+    assert convolution.choose_form("") == expected
+    convolution.force_form("grouped")
+    try:
+        assert convolution.choose_form("/device:CPU:0") == "grouped"
+    finally:
+        convolution.force_form(None)
+    with pytest.raises(ValueError):
+        convolution.force_form("winograd")
+
 def test_install_is_idempotent_and_thread_safe():
     from tensorflow.python.ops.parallel_for import pfor
 
