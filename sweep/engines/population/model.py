@@ -155,6 +155,9 @@ class Graph:
         the stacked weights `theta`, state `state`, inputs x [K, B, ...] and targets y [K, B, ...]."""
         import tensorflow as tf
 
+        from .convolution import install
+
+        install()  # before the map is traced: each run's own Conv2D kernel as batched ops, not a loop
         loss, accuracy = self.loss, per_sample_accuracy(self.accuracy)
 
         def one_run(args):
