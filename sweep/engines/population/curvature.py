@@ -138,7 +138,10 @@ def measure_population(p, theta: list, state: list, slots: dict, steps: int, liv
 
     c0 = p.runs[0].config
     shape = p.program.shape
-    pr = probe(ProbeShape(shape.archs, c0.loss, c0.optimizer, telemetry.iterations, shape.jit))
+    # Under XLA, pfor writes a Keras graph's per-run values with XlaDynamicUpdateSlice, which has
+    # no gradient for the forward-over-reverse product: a graph's probe runs without XLA.
+    jit = shape.jit and not isinstance(shape.archs[0], Graph)
+    pr = probe(ProbeShape(shape.archs, c0.loss, c0.optimizer, telemetry.iterations, jit))
     K = len(p.runs)
     sharp, precond = np.full(K, np.nan), np.full(K, np.nan)
     if not len(live):

@@ -168,7 +168,14 @@ class Graph:
             acc = accuracy(yb, pred)
             return per_sample(values), per_sample(acc), own_state
 
-        return tf.vectorized_map(one_run, (theta, state, x, y))
+        # pfor broadcasts a per-run bias wrongly when the loop has one iteration (a Conv2D's bias
+        # add fails with "Incompatible shapes: [8,1,1,1] vs. [1,5,6,6,8]"): one run is
+        # computed as two copies of itself, and the copy dropped.
+        k = tf.shape(x)[0]
+        twice = [tf.concat([t, t[:tf.maximum(2 - k, 0)]], 0) for t in (*theta, *state, x, y)]
+        theta2, state2 = twice[:len(theta)], twice[len(theta):len(theta) + len(state)]
+        losses, accuracies, new_state = tf.vectorized_map(one_run, (theta2, state2, twice[-2], twice[-1]))
+        return losses[:k], accuracies[:k], [v[:k] for v in new_state]
 
 
 def per_sample(values):
