@@ -142,7 +142,29 @@ def test_a_users_module_beside_the_study_file_imports_from_where_they_stand(tmp_
     run = subprocess.run([command, "run", "user_mlp.toml", "--results", str(tmp_path / "results")], cwd=here,
                          capture_output=True, text=True, timeout=900)  # the current directory
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "engine: keras (a user builder trains on the keras engine" in run.stdout  # said, not silent
+    assert "engine: population" in run.stdout
     trials = sweep.load_trials(tmp_path / "results" / "user_mlp")
-    assert len(trials) == 20 and set(trials["engine"]) == {"keras"}
+    assert len(trials) == 20 and set(trials["engine"]) == {"population"}
     assert "error" not in set(trials["status"])
+
+
+@pytest.mark.parametrize("name", ["cnn", "rnn"])
+def test_a_users_cnn_and_rnn_train_on_the_population_engine(tmp_path, name):
+    """The worked example's other two models, from a directory holding only the module and the
+    study file (its grid cut to 8 runs of 2 epochs): every run on the population engine."""
+    import shutil
+
+    here = tmp_path / "mine"
+    here.mkdir()
+    shutil.copy(ROOT / "studies" / "user_model" / "usermodels.py", here)
+    text = (ROOT / "studies" / "user_model" / f"user_{name}.toml").read_text()
+    text = text.replace("epochs = 5", "epochs = 2").replace("[0.001, 0.01, 0.1, 1.0, 10.0]", "[0.01, 10.0]")
+    (here / f"user_{name}.toml").write_text(text.replace('["relu", "tanh"]', '["tanh"]'))
+    command = str(Path(sys.executable).parent / "sweep")
+    run = subprocess.run([command, "run", f"user_{name}.toml", "--results", str(tmp_path / "results")], cwd=here,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "engine: population" in run.stdout
+    trials = sweep.load_trials(tmp_path / "results" / f"user_{name}")
+    assert len(trials) == 8 and set(trials["engine"]) == {"population"}
+    assert "error" not in set(trials["status"]) and (trials["status"] == "stable").any()

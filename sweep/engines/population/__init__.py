@@ -13,12 +13,16 @@ batched matmul sums in another order than Keras's 2-D matmul). tests/test_popula
 measures whole runs against each engine's own sensitivity to rounding; where training is
 chaotic, rounding decides where a run parts from Keras, so tests/test_population_steps.py
 also checks every step from Keras's own weights and optimizer slots, which chaos cannot hide.
-Models the engine cannot express (a user `module:function` builder, a layer that is not a
-plain Dense layer) are trained by the keras engine, run by run, and say `engine="keras"`.
+Any other Keras model (a user `module:function` builder's) runs Keras's own layer code for every
+run (`model.Graph`); models the engine cannot express (several inputs or outputs, trainable
+variables that are not float32, a loss not averaged over the batch) are trained by the keras
+engine, run by run, and say `engine="keras"`.
 
 The modules, in the order a run's data flows through them:
 
-* `model`: the Keras builder's model read as an `Architecture` and initial weights;
+* `model`: the Keras builder's model read as an `Architecture` (a Dense stack) or a `Graph`
+  (any other model), and its initial weights; `convolution`: per-run Conv2D kernels as batched
+  ops under `tf.vectorized_map`;
 * `step`: the arithmetic of one step (forward pass, loss, clipping, optimizer update);
 * `program`: the compiled initial evaluation and epoch of one group;
 * `sizing`: K from the worker's memory, and how a group is cut into populations;
@@ -37,12 +41,12 @@ module whose code calls it (`sizing.available_host_memory`, `train.initial_model
 """
 
 from .engine import PopulationEngine, shared_activations
-from .model import Architecture, Unsupported, initial_model
+from .model import Architecture, Graph, Unsupported, initial_model
 from .program import Program, ProgramShape, program
 from .sizing import CPU_MAX_K, GPU_MAX_K, concurrent_populations, population_size, populations
 from .step import SLOTS, Step
 from .train import pad_last_batch, train_population
 
-__all__ = ["CPU_MAX_K", "GPU_MAX_K", "SLOTS", "Architecture", "PopulationEngine", "Program", "ProgramShape", "Step",
+__all__ = ["CPU_MAX_K", "GPU_MAX_K", "SLOTS", "Architecture", "Graph", "PopulationEngine", "Program", "ProgramShape", "Step",
            "Unsupported", "concurrent_populations", "initial_model", "pad_last_batch", "population_size",
            "populations", "program", "shared_activations", "train_population"]
