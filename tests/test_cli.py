@@ -167,4 +167,5 @@ def test_a_users_cnn_and_rnn_train_on_the_population_engine(tmp_path, name):
     assert "engine: population" in run.stdout
     trials = sweep.load_trials(tmp_path / "results" / f"user_{name}")
     assert len(trials) == 8 and set(trials["engine"]) == {"population"}
-    assert "error" not in set(trials["status"]) and (trials["status"] == "stable").any()
+    assert "error" not in set(trials["status"])
+    assert set(trials.loc[trials["learning_rate"] == 10.0, "status"]) <= {"diverged", "nan", "unstable"}
