@@ -92,3 +92,14 @@ def memorizer_model(activation: str, seed: int):
                               keras.layers.Dense(1, activation="sigmoid")])
     model.compile(loss="binary_crossentropy")
     return model, x, y
+
+
+def wide_model(activation: str, seed: int):
+    """tiny_model's data through two 1024-unit layers: a run that needs far more memory."""
+    import keras
+
+    model, x, y = tiny_model(activation, seed)
+    wide = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1024, activation=activation),
+                             keras.layers.Dense(1024, activation=activation), keras.layers.Dense(1, activation="sigmoid")])
+    wide.compile(loss="binary_crossentropy")
+    return wide, x, y

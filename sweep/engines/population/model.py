@@ -237,13 +237,15 @@ def training_graph(model, input_shape: tuple[int, ...]):
 
 
 def activation_floats(graph) -> int:
-    """Floats of one sample's forward pass: every float32 value its traced graph computes, weights
-    read included. Measured on the traced graph rather than from layer shapes, so that any layer,
-    and an unrolled recurrent layer's every step, counts."""
+    """Floats of one sample's forward pass: every float32 value of the sample (leading axis the
+    batch of one) its traced graph computes. Measured on the traced graph rather than from layer
+    shapes, so that any layer, and an unrolled recurrent layer's every step, counts; weights are
+    counted once per run elsewhere (`sizing.bytes_per_run`)."""
     import tensorflow as tf
 
-    return int(sum(np.prod(t.shape.as_list()) for op in graph.get_operations() for t in op.outputs
-                   if t.dtype == tf.float32 and t.shape.is_fully_defined()))
+    return int(sum(np.prod(t.shape.as_list()) for op in graph.get_operations() if op.type != "ReadVariableOp"
+                   for t in op.outputs if t.dtype == tf.float32 and t.shape.is_fully_defined()
+                   and t.shape.rank and t.shape[0] == 1))
 
 
 def draws_random(graph) -> bool:
