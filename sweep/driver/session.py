@@ -38,7 +38,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..answers import conditions, effects
 from ..engines import Engine
@@ -49,6 +49,9 @@ from .optuna_study import OptunaRecord
 from .pool import Pool, Waiting, batch_limit, batch_size
 from .samplers import DEFAULT_TPE_TRIALS, get_sampler
 from .workers import as_engine, engine_name
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 STUDY_META = "study.json"
 LOCK_FILE = ".driver.lock"
@@ -94,23 +97,31 @@ class Summary:
 # Why a study trains on the keras engine when the population engine was asked for.
 USER_BUILDER_ON_KERAS = ("a user builder trains on the keras engine, run by run: the population engine "
                          "expresses the catalog's Dense stacks only")
+MODEL_KNOBS_ON_KERAS = ("a study that sweeps model knobs ([grid.model]) trains on the keras engine, run by run: "
+                        "the population engine builds each example with its default knobs only")
+
+
+def keras_only(study: Study) -> str | None:
+    """Why every run of this study trains on the keras engine, or None."""
+    if ":" in study.example:
+        return USER_BUILDER_ON_KERAS
+    if study.model:
+        return MODEL_KNOBS_ON_KERAS
+    return None
 
 
 def engine_for(study: Study, requested: "str | Engine | None") -> "str | Engine":
-    """The engine that trains this study: a user builder always runs on keras."""
+    """The engine that trains this study: `keras_only` studies always run on keras."""
     if requested is not None and not isinstance(requested, str):
         return requested
-    name = requested or study.engine
-    if ":" in study.example:
-        return "keras"
-    return name
+    return "keras" if keras_only(study) else requested or study.engine
 
 
 def engine_line(study: Study, requested: str | None) -> str:
     """What `sweep run` says at the start about the engine, and why when it is not the one asked for."""
     name = engine_for(study, requested)
     asked = requested or study.engine
-    return f"engine: {name}" + (f" ({USER_BUILDER_ON_KERAS})" if name != asked else "")
+    return f"engine: {name}" + (f" ({keras_only(study)})" if name != asked else "")
 
 
 def planned_runs(study: Study) -> int:
@@ -143,6 +154,7 @@ def prepare_dir(study: Study, results: str | os.PathLike) -> Path:
     # spec.parse allows plain file names only; a Study made in code is held to the same.
     if out.parent != Path(results) or study.name in ("", ".", ".."):
         raise ValueError(f"study name {study.name!r}: not a plain file name, it would leave {results}")
+    maps.check_knob_names(study)  # before anything is written: a knob's column must not clash
     meta_path = out / STUDY_META
     digest = study.plan_digest()
     try:
@@ -253,7 +265,7 @@ def _loop(study, out, done, sampler, pool, record, summary, max_trials, limit, p
           started) -> None:
     scheduled: set[tuple[str, int]] = set()         # proposed and not yet returned
     taken = {int(r["trial"]) for r in done.values()}
-    buffer = _RowBuffer()
+    buffer = _RowBuffer(schema=reports.trial_schema(study))
     sampler_waits = False                            # nothing new until a result arrives
     phases = summary.phases
     stuck = False
@@ -325,6 +337,7 @@ def _propose(study: Study, done: dict, sampler, scheduled: set, taken: set, budg
 class _RowBuffer:
     """Rows trained but not yet committed, with their curves."""
 
+    schema: "pa.Schema"  # the study's trials columns (`reports.trial_schema`)
     rows: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
     oldest: float = 0.0  # time.monotonic() of the first row
@@ -341,7 +354,7 @@ class _RowBuffer:
     def commit(self, out: Path, record: OptunaRecord, done: dict, phases: Counter) -> None:
         """One part file in trials/ (and curves/), then the Optuna copy."""
         t0 = time.perf_counter()
-        reports.write_batch(out, self.rows, self.curves)
+        reports.write_batch(out, self.rows, self.curves, self.schema)
         faults.point("write.trials")
         t1 = time.perf_counter()
         record.record(self.rows, done)

@@ -7,7 +7,8 @@ does inside, these facts are shared so that engines agree run for run:
 * the data of a run: the example's data set for the study's `data_seed`,
   scaled by the run's scaler (`problem`);
 * the initial weights: the Keras model the builder gives after
-  `keras.utils.set_random_seed(seed)`;
+  `keras.utils.set_random_seed(seed)`, called with the run's activation and the model knobs
+  its configuration sets (`Config.knobs`, the study's `[grid.model]`);
 * the batch order of every epoch: `batch_order(seed, epoch, n)`.
 
 Besides the two engines (`keras_engine`, `population`) this package holds what they run
@@ -23,7 +24,7 @@ curvature telemetry). May import the study file, the catalog and the verdict rul
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
@@ -95,16 +96,18 @@ def user_builder(study: "Study"):
 
 
 def problem(study: "Study", config: "Config", seed: int) -> Problem:
-    """Build the run's model under its seed, with its data and loss."""
+    """Build the run's model under its seed, with its data and loss. The builder receives the
+    configuration's knobs as keyword arguments; knobs the study does not name keep the
+    builder's defaults."""
     import keras
 
     keras.utils.set_random_seed(seed)
     if study.example in EXAMPLES:
         ex = EXAMPLES[study.example]
         x, y = example_data(study.example, study.data_seed, config.scaler)
-        model = ex.build(config.activation, x.shape[1])
+        model = ex.build(config.activation, x.shape[1], **config.knobs)
         return Problem(model, x, y, make_loss(config.loss), ex.accuracy)
-    built = user_builder(study)(activation=config.activation, seed=study.data_seed)
+    built = user_builder(study)(activation=config.activation, seed=study.data_seed, **config.knobs)
     if not (isinstance(built, tuple) and len(built) == 3 and isinstance(built[0], keras.Model)):
         raise TypeError(f"{study.example} must return (keras.Model, x, y); it returned {type(built).__name__}")
     model, x, y = built
@@ -136,12 +139,26 @@ def check_builder(study: "Study") -> None:
     from ..spec import STUDY_FIELDS, SpecError
 
     import_tensorflow()
+    first = study.configs()[0]
     try:
-        problem(study, study.configs()[0], study.seeds[0])
+        problem(study, first, study.seeds[0])
     except Exception as exc:  # whatever the user's code does wrong, it is their input
         raise SpecError(study.path, [("study.example", f"calling {study.example!r} failed: {type(exc).__name__}: "
                                       f"{exc}; allowed: {STUDY_FIELDS['example'].allowed}, a function (activation: str, "
-                                      "seed: int) -> (keras.Model compiled with its loss, x, y)")]) from None
+                                      "seed: int, **knobs) -> (keras.Model compiled with its loss, x, y)")]) from None
+    # Every value of every knob once (the others at the first configuration's), so that a value
+    # the builder cannot build with is named before anything is written.
+    problems = []
+    for name, values in study.model.items():
+        for v in values[1:]:
+            config = replace(first, model=tuple((k, v if k == name else w) for k, w in first.model))
+            try:
+                problem(study, config, study.seeds[0])
+            except Exception as exc:  # the user's code, given this value
+                problems.append((f"grid.model.{name}", f"{study.example}(..., {name}={v!r}) failed: "
+                                 f"{type(exc).__name__}: {exc}"))
+    if problems:
+        raise SpecError(study.path, problems)
 
 
 def make_optimizer(config: "Config"):

@@ -302,6 +302,7 @@ def range_test(study: Study, config: Config, seed: int, rule: Rule) -> Curve:
 
 def lrfind_row(study: Study, config: Config, rule: Rule, seed: int, c: Curve) -> dict:
     return {"study": study.name, "example": study.example, **{a: getattr(config, a) for a in SETTING_AXES},
+            **config.knobs,
             "rule": rule.name, "seed": seed, "start_lr": rule.start_lr, "end_lr": rule.end_lr,
             "num_it": rule.num_it, "steps": c.steps, "stopped_on_divergence": c.stopped_on_divergence,
             "first_nonfinite_step": c.first_nonfinite_step, "suggestion": c.suggestion,

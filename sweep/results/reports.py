@@ -21,7 +21,7 @@ import socket
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,10 +36,13 @@ from ..spec import CATEGORICAL_AXES, Run, Study
 from ..verdict import STATUSES, judge, spike_epochs
 from . import faults
 
-SCHEMA_VERSION = "3"
+# Version 4 adds the model's knobs ([grid.model]) as axis columns of their own (`model_field`);
+# a reader of version 3 would read such a file without them and merge settings that differ in
+# them, so it must refuse it, and does: it reads 1 to 3 only.
+SCHEMA_VERSION = "4"
 # Versions this sweep reads. A column declared with `added` is absent from files of earlier
 # versions and reads as null there; any other missing column refuses the file.
-READABLE_VERSIONS = ("1", "2", "3")
+READABLE_VERSIONS = ("1", "2", "3", "4")
 # Schema 3 judges `stalled` against min(l0, baseline_loss); a file of an earlier version holds
 # verdicts (or maps and answers made of them) by l0 alone. Such files are refused, never mixed:
 # `sweep run` judges the study's runs again from their curves (`results.rejudge`).
@@ -49,6 +52,43 @@ JUDGED_SINCE = "3"
 def added(name: str, type_: pa.DataType, version: str) -> pa.Field:
     """A column first written by schema `version`."""
     return pa.field(name, type_, metadata={"since": version})
+
+
+# The field metadata that marks a column as a model knob's axis ([grid.model]): the knobs differ
+# from study to study, so a reader finds them in the file rather than in a fixed schema.
+MODEL_AXIS = {b"axis": b"model"}
+
+
+def model_field(name: str, value: Any) -> pa.Field:
+    """The column of the knob `name`, typed as its values are (bool, int64, float64 or string;
+    `value` one of them, or a pandas dtype)."""
+    if isinstance(value, (bool, np.bool_)) or pd.api.types.is_bool_dtype(value):
+        type_ = pa.bool_()
+    elif isinstance(value, (int, np.integer)) or pd.api.types.is_integer_dtype(value):
+        type_ = pa.int64()
+    elif isinstance(value, (float, np.floating)) or pd.api.types.is_float_dtype(value):
+        type_ = pa.float64()
+    else:
+        type_ = pa.string()
+    return pa.field(name, type_, metadata=MODEL_AXIS)
+
+
+def model_fields(schema: pa.Schema) -> list[pa.Field]:
+    """The knob columns of a file's schema."""
+    return [f for f in schema if (f.metadata or {}).get(b"axis") == MODEL_AXIS[b"axis"]]
+
+
+def model_axes(columns: Iterable[str], fixed: Collection[str]) -> tuple[str, ...]:
+    """The knob columns among the `columns` of a frame read from (or built like) a report whose
+    own columns are among `fixed`: the others. A knob's name is never a report's own column
+    (`maps.check_knob_names` refuses it), so nothing else is taken for one."""
+    return tuple(c for c in columns if c not in fixed)
+
+
+def with_model_fields(schema: pa.Schema, knobs: Sequence[pa.Field], after: str) -> pa.Schema:
+    """`schema` with the knob columns after its column `after` (where its own axes end)."""
+    i = schema.get_field_index(after) + 1
+    return pa.schema(list(schema)[:i] + list(knobs) + list(schema)[i:], metadata=schema.metadata)
 
 
 # Curvature telemetry (`sweep.engines.sharpness`), schema 2: null where not measured.
@@ -104,6 +144,15 @@ TRIAL_COLUMNS = pa.schema([
     *SHARPNESS_TRIAL_COLUMNS,
 ])
 
+# Knob columns go after the sweep's own axes in trials.
+AXES_END = "schedule"
+
+
+def trial_schema(study: Study) -> pa.Schema:
+    """The trials columns of a study: TRIAL_COLUMNS with its knobs' columns."""
+    return with_model_fields(TRIAL_COLUMNS, [model_field(k, v[0]) for k, v in study.model.items()], AXES_END)
+
+
 CURVE_COLUMNS = pa.schema([
     ("study", pa.string()),
     ("trial", pa.int64()),
@@ -151,7 +200,7 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
         "example": study.example, "learning_rate": c.learning_rate, "clipnorm": c.clipnorm,
         "global_clipnorm": c.global_clipnorm, "clipvalue": c.clipvalue, "batch_size": c.batch_size,
         "activation": c.activation, "scaler": c.scaler, "optimizer": c.optimizer, "loss": c.loss,
-        "schedule": c.schedule, "epochs": study.epochs, "worker": worker, "node": socket.gethostname(),
+        "schedule": c.schedule, **c.knobs, "epochs": study.epochs, "worker": worker, "node": socket.gethostname(),
         "started_at": started_at or datetime.now(timezone.utc), "tf_version": tf_version,
         "keras_version": keras_version, "sweep_version": __version__,
     }
@@ -229,14 +278,16 @@ def write_atomic(table: pa.Table, path: Path) -> None:
         os.close(dir_fd)
 
 
-def write_batch(study_dir: Path, trial_rows: list[dict], curve_rows: list[dict]) -> str:
-    """Commit one batch of finished runs: curves first, then the trials part that records them."""
+def write_batch(study_dir: Path, trial_rows: list[dict], curve_rows: list[dict],
+                schema: pa.Schema = TRIAL_COLUMNS) -> str:
+    """Commit one batch of finished runs: curves first, then the trials part that records them
+    (with the columns of `schema`: the study's `trial_schema`)."""
     stem = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
     (study_dir / "trials").mkdir(parents=True, exist_ok=True)
     (study_dir / "curves").mkdir(parents=True, exist_ok=True)
     write_atomic(arrow_table(curve_rows, CURVE_COLUMNS), study_dir / "curves" / f"{stem}.parquet")
     faults.point("write.curves")
-    write_atomic(arrow_table(trial_rows, TRIAL_COLUMNS), study_dir / "trials" / f"{stem}.parquet")
+    write_atomic(arrow_table(trial_rows, schema), study_dir / "trials" / f"{stem}.parquet")
     return stem
 
 
@@ -344,18 +395,34 @@ def check_curves(study_dir: Path) -> None:
 
 
 def _read(directory: Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
-    """The dataset's parts (each checked against the whole `schema`) as one table, of its `columns` only if given."""
-    full, schema = schema, schema if columns is None else pa.schema([schema.field(c) for c in columns])
-    tables = []
+    """The dataset's parts (each checked against the whole `schema`) as one table, of its `columns` only if given,
+    with the knob columns its parts hold always (they are axes: a reader of axes without them would
+    merge settings)."""
+    full, tables, knobs = schema, [], None
     for part in part_files(directory):
         pf = open_checked(part, full)
+        found = model_fields(pf.schema_arrow)
+        if knobs is None:
+            knobs = found
+            schema = _selected(full, knobs, columns)
+        elif [f.name for f in found] != [f.name for f in knobs]:
+            raise ResultsError(f"{part}: model knob columns {[f.name for f in found]}, the other parts of "
+                               f"{directory} have {[f.name for f in knobs]}; move it out of {directory}")
         try:
             tables.append(read_checked(pf, schema))
         except Exception as exc:  # a footer that reads over damaged data pages
             raise ResultsError(f"{part}: not a readable Parquet file ({exc}); move it out of {directory}") from None
     if not tables:
-        return schema.empty_table()
+        return _selected(full, [], columns).empty_table()
     return pa.concat_tables(tables)
+
+
+def _selected(full: pa.Schema, knobs: list[pa.Field], columns: Sequence[str] | None) -> pa.Schema:
+    """The columns `_read` returns: all of `full` or its `columns`, with the `knobs`' columns."""
+    if columns is None:
+        return with_model_fields(full, knobs, AXES_END) if knobs else full
+    names = {f.name for f in knobs}
+    return pa.schema([full.field(c) for c in columns if c not in names] + knobs)
 
 
 def typed(table: pa.Table) -> pd.DataFrame:

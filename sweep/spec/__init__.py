@@ -21,6 +21,14 @@ catalog and the verdict rules only: every later stage reads a `Study`::
     8
     >>> s.plan()[0].config.clipnorm is None
     True
+
+A `[grid.model]` table sweeps the model builder's own keyword parameters (its *knobs*); every
+run's builder call receives its configuration's values, and each knob is an axis like the
+others (`Study.axes`)::
+
+    >>> s = parse('[study]\\nname="d"\\nexample="exploding_gradients"\\n[grid.model]\\ndepth=[2, 8]', "d.toml")
+    >>> s.axes[-2:], [c.knobs for c in s.configs()]
+    (('depth', 'learning_rate'), [{'depth': 2}, {'depth': 8}])
 """
 
 from __future__ import annotations
@@ -32,15 +40,18 @@ import json
 import math
 import stat
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Sequence
+
+import numpy as np
 
 from ..catalog import BASE_DEFAULTS, EXAMPLES
 from ..verdict import Thresholds
-from .checks import (REQUIRED, Field, builder_problem, builder_search_path, check_section, example_ref, integer, number, one_of,
-                     plain_name, positive_integer, positive_number, positive_number_or_none, seed_list, table_of,
-                     values_of)
+from .checks import (BUILDER_ARGUMENTS, REQUIRED, Field, Invalid, builder_knobs, builder_module, builder_problem,
+                     builder_search_path, check_section, example_ref, integer, knob_name_problem, knob_values, number,
+                     one_of, plain_name, positive_integer, positive_number, positive_number_or_none, seed_list,
+                     table_of, values_of)
 
 # Allowed values of the categorical axes: one place, also the categories of the Parquet columns.
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "elu", "selu", "softplus", "swish", "leaky_relu", "linear")
@@ -85,7 +96,18 @@ class SpecError(Exception):
 
 @dataclass(frozen=True)
 class Config:
-    """One point of the grid: a value for every axis (clipping None when absent)."""
+    """One point of the grid: a value for every axis (clipping None when absent).
+
+    Fields with a default came after the first results were written: `config_id` leaves each
+    out while it holds its default, so every configuration that existed before keeps its id::
+
+        >>> from dataclasses import replace
+        >>> c = config_from_dict(EXAMPLES["exploding_gradients"].defaults)
+        >>> c.config_id == replace(c, model=(("depth", 2),)).config_id
+        False
+        >>> c.config_id == replace(c, model=()).config_id
+        True
+    """
 
     learning_rate: float
     clipnorm: float | None
@@ -97,16 +119,33 @@ class Config:
     optimizer: str
     loss: str
     schedule: str
+    # The model builder's knobs ([grid.model]) as (name, value) pairs sorted by name; () when
+    # the study names none (the builder's own defaults).
+    model: tuple[tuple[str, Any], ...] = ()
 
     @functools.cached_property  # the driver looks it up for every run it schedules
     def config_id(self) -> str:
         """A stable 12-hex-digit id of the axis values (the same in every study and session)."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=repr)
+        values = asdict(self)
+        values["model"] = dict(self.model)
+        for f in fields(self):
+            if f.default is not MISSING and getattr(self, f.name) == f.default:
+                del values[f.name]
+        blob = json.dumps(values, sort_keys=True, default=repr)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    @property
+    def knobs(self) -> dict[str, Any]:
+        """The builder's keyword arguments this configuration sets (`[grid.model]`)."""
+        return dict(self.model)
+
+    def value(self, axis: str) -> Any:
+        """The value of any axis, a knob's too."""
+        return self.knobs[axis] if axis not in AXES else getattr(self, axis)
 
     def setting(self) -> tuple:
         """Every axis but learning rate: the unit a stability edge is measured for."""
-        return tuple(getattr(self, a) for a in SETTING_AXES)
+        return tuple(getattr(self, a) for a in SETTING_AXES) + tuple(v for _, v in self.model)
 
 
 @dataclass(frozen=True)
@@ -155,7 +194,7 @@ class Study:
     seeds: tuple[int, ...]
     sampler: str
     engine: str
-    grid: dict[str, tuple]  # every axis, complete: the study's values or the example's default
+    grid: dict[str, tuple]  # every axis of AXES, complete: the study's values or the example's default
     verdict: Thresholds
     data_seed: int = 0
     timeout: float | None = None
@@ -164,21 +203,36 @@ class Study:
     resolution: float | None = None
     # [telemetry] sharpness; None: not measured.
     sharpness: SharpnessTelemetry | None = None
+    # [grid.model]: the builder's knobs the study sweeps, name -> values, sorted by name (so that
+    # the plan's order does not depend on the file's); the others keep the builder's defaults.
+    model: dict[str, tuple] = field(default_factory=dict)
     path: str = "<study>"
     raw: dict = field(default_factory=dict, compare=False, repr=False)
     # Where a `module:function` builder is imported from before the installed packages
     # (`checks.builder_search_path`): where the study was loaded, not part of its plan.
     search_path: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """Every axis in plan order: the sweep's own, then the model's knobs, learning rate last
+        (so that a setting's runs are adjacent)."""
+        return (*SETTING_AXES, *self.model, "learning_rate")
+
+    def values(self, axis: str) -> tuple:
+        """The values the study gives an axis (a knob's too)."""
+        return self.grid[axis] if axis in self.grid else self.model[axis]
+
     def configs(self) -> list[Config]:
         """Every grid point. Keras allows one kind of clipping per optimizer, so points that
         set two kinds at once are not configurations and are left out."""
         out = []
-        for values in itertools.product(*(self.grid[a] for a in AXES)):
-            axes = dict(zip(AXES, values))
+        names = self.axes
+        for values in itertools.product(*(self.values(a) for a in names)):
+            axes = dict(zip(names, values))
             if sum(axes[c] is not None for c in CLIP_AXES) > 1:
                 continue
-            out.append(Config(**axes))
+            knobs = tuple((k, axes.pop(k)) for k in self.model)
+            out.append(Config(**axes, model=knobs))
         return out
 
     def plan(self) -> list[Run]:
@@ -197,6 +251,9 @@ class Study:
         # study without it keeps the digest it had before telemetry existed.
         if self.sharpness is not None:
             plan["telemetry"] = {"sharpness": asdict(self.sharpness)}
+        # Likewise the model's knobs: a study that names none keeps its digest.
+        if self.model:
+            plan["model"] = {k: list(v) for k, v in self.model.items()}
         blob = json.dumps(plan, sort_keys=True, default=repr)
         return hashlib.sha1(blob.encode()).hexdigest()
 
@@ -296,21 +353,69 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_
         study["epochs"] = catalog_example.epochs if catalog_example else 20
     defaults = example_defaults(example) if example is not None else dict(BASE_DEFAULTS, loss="compiled")
     losses = catalog_example.losses if catalog_example else ("compiled",)
-    grid = check_section("grid", section["grid"], grid_fields(defaults, losses), problems, unknown="axis")
+    grid_raw = dict(section["grid"])
+    model = _model_grid(grid_raw.pop("model", None), example, search_path if import_builder else None, problems)
+    grid = check_section("grid", grid_raw, grid_fields(defaults, losses), problems, unknown="axis")
     verdict = check_section("verdict", section["verdict"], VERDICT_FIELDS, problems)
     boundary = check_section("boundary", section["boundary"], BOUNDARY_FIELDS, problems)
     telemetry = check_section("telemetry", section["telemetry"], TELEMETRY_FIELDS, problems)
-    problems += _plan_problems(catalog_example, study, grid, max_runs)
+    problems += _plan_problems(catalog_example, study, {**grid, **model}, max_runs)
 
     if problems:
         raise SpecError(path, problems)
     s = Study(**study, grid=grid, verdict=Thresholds(**{k: v for k, v in verdict.items() if v is not None}),
-              resolution=boundary["resolution"], sharpness=telemetry["sharpness"], path=path, raw=raw,
+              resolution=boundary["resolution"], sharpness=telemetry["sharpness"], model=model, path=path, raw=raw,
               search_path=search_path)
     if not s.configs():
         raise SpecError(path, [("grid", "every combination sets more than one of clipnorm, global_clipnorm, "
                                 "clipvalue; Keras allows one kind of clipping per optimizer")])
     return s
+
+
+MODEL_TABLE_ALLOWED = ("a table ([grid.model]) of the model builder's keyword parameters, each a value or a list "
+                       "of values")
+
+
+def _model_grid(raw: Any, example: str | None, search_path: tuple[str, ...] | None,
+                problems: list[tuple[str, str]]) -> dict[str, tuple]:
+    """[grid.model]: each knob's values, sorted by name. A name must be one the builder accepts
+    (a catalog example's `knobs`; a user builder's keyword parameters, read from its signature
+    when `search_path` is given, i.e. the builder may be imported) and make a plain column name;
+    its values must be TOML scalars of one type (and pass a catalog knob's own rule)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(("grid.model", f"must be {MODEL_TABLE_ALLOWED}"))
+        return {}
+    catalog = EXAMPLES[example].knobs if example in EXAMPLES else None
+    accepted: Collection[str] | None = catalog
+    if catalog is None and example is not None and search_path is not None:
+        module_name, _, attr = example.partition(":")
+        accepted = builder_knobs(getattr(builder_module(module_name, search_path), attr))
+    out = {}
+    for name in sorted(raw):
+        where = f"grid.model.{name}"
+        if name == "seed":
+            problems.append((where, "is the run's seed, which the sweep passes the builder itself (study.seeds)"))
+            continue
+        if name in AXES or name in BUILDER_ARGUMENTS:
+            problems.append((where, f"is the sweep's own axis, not a model knob; set it in [grid] as {name}"))
+            continue
+        if accepted is not None and name not in accepted:
+            knobs = ", ".join(k for k in accepted if k not in BUILDER_ARGUMENTS) or "none"
+            problems.append((where, f"unknown knob: {example} does not take a keyword parameter {name!r}; "
+                             f"allowed: {knobs}"))
+            continue
+        if (why := knob_name_problem(name)) is not None:
+            problems.append((where, f"{why}; a knob's name is its column's name in every report"))
+            continue
+        knob = catalog.get(name) if catalog is not None else None
+        check = knob_values(knob.ok, knob.allowed) if knob is not None else knob_values()
+        try:
+            out[name] = check(raw[name])
+        except Invalid as exc:
+            problems += [(where, r) for r in exc.args]
+    return out
 
 
 def _section_problems(raw: dict) -> list[tuple[str, str]]:
@@ -366,18 +471,24 @@ def load(path: str | Path, max_runs: int = MAX_RUNS) -> Study:
 
 
 def format_value(v: Any) -> str:
-    """An axis value as study files write it: absent clipping is "none", numbers short (%g)."""
+    """An axis value as study files write it: absent clipping is "none", numbers short (%g),
+    booleans as TOML's true and false."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "none"
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)
 
 
-def config_from_dict(values: dict[str, Any]) -> Config:
-    """A Config from a row or a dict of axis values (clipping NaN or None -> None)."""
-    kwargs = {}
+def config_from_dict(values: dict[str, Any], model_axes: Sequence[str] = ()) -> Config:
+    """A Config from a row or a dict of axis values (clipping NaN or None -> None); `model_axes`
+    names the knobs among them (a row's numpy scalars become Python's, as the study file gave them)."""
+    kwargs: dict[str, Any] = {"model": tuple((k, _python(values[k])) for k in sorted(model_axes))}
     for f in fields(Config):
+        if f.name == "model":
+            continue
         v = values[f.name]
         if f.name in CLIP_AXES:
             v = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
@@ -389,3 +500,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
             v = str(v)
         kwargs[f.name] = v
     return Config(**kwargs)
+
+
+def _python(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
