@@ -157,6 +157,8 @@ BASE_DEFAULTS: dict[str, Any] = {
     "activation": "relu",
     "scaler": "none",
     "optimizer": "adam",
+    "momentum": 0.0,  # SGD's, Keras's default: none
+    "nesterov": False,
     "schedule": "constant",
 }
 

@@ -64,9 +64,9 @@ import pandas as pd
 import pyarrow as pa
 
 from ..results.maps import setting_axes
-from ..results.reports import (CATEGORIES, MODEL_AXIS, ResultsError, arrow_table, model_fields, open_checked,
-                               write_atomic)
-from ..spec import SETTING_AXES, format_value
+from ..results.reports import (CATEGORIES, MODEL_AXIS, ResultsError, added, arrow_table, model_fields, open_checked,
+                               read_checked, write_atomic)
+from ..spec import AXIS_DEFAULTS, SETTING_AXES, format_value
 from ..verdict import ORCHESTRATOR_STATUSES, STATUSES
 
 CONDITIONS_FILE = "conditions.parquet"
@@ -90,7 +90,9 @@ CONDITION_COLUMNS = pa.schema([
     ("n_terms", pa.int64()),
     ("learning_rate_min", pa.float64()),  # null: no lower bound
     ("learning_rate_max", pa.float64()),  # null: no upper bound
-    *[(f"{a}_in", pa.list_(pa.string())) for a in SETTING_AXES],  # spec.format_value's text; null: any
+    # spec.format_value's text; null: any. An axis added since (`spec.AXIS_DEFAULTS`) came with schema 4.
+    *[added(f"{a}_in", pa.list_(pa.string()), "4") if a in AXIS_DEFAULTS else (f"{a}_in", pa.list_(pa.string()))
+      for a in SETTING_AXES],
     ("precision", pa.float64()),  # share of the matched runs that have the status
     ("coverage", pa.float64()),  # share of the status's runs that are matched
     ("n_runs", pa.int64()),  # runs with the status
@@ -391,8 +393,7 @@ def load_conditions(path: str | os.PathLike) -> pd.DataFrame:
     if not p.is_file():
         raise ResultsError(f"{p}: no such file; it is written from the study's trials with its maps")
     pf = open_checked(p, CONDITION_COLUMNS)
-    schema = condition_schema([f.name[:-3] for f in model_fields(pf.schema_arrow)])
-    return _typed(pf.read(columns=schema.names).cast(schema))
+    return _typed(read_checked(pf, condition_schema([f.name[:-3] for f in model_fields(pf.schema_arrow)])))
 
 
 def lines(conditions_df: pd.DataFrame) -> list[str]:

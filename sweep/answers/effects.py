@@ -115,6 +115,8 @@ def _key(axis: str, v) -> str:
         return "none" if isinstance(v, str) and v.lower() == "none" else repr(float(v))
     if axis == "batch_size":
         return str(int(v))
+    if axis == "momentum":
+        return repr(float(v))
     if isinstance(v, (bool, np.bool_)):
         return format_value(v)
     return str(v)
@@ -123,6 +125,8 @@ def _key(axis: str, v) -> str:
 def _raw(axis: str, key: str):
     if axis in CLIP_AXES:
         return None if key == "none" else float(key)
+    if axis == "momentum":
+        return float(key)
     return int(key) if axis == "batch_size" else key
 
 

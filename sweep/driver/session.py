@@ -117,11 +117,19 @@ def engine_for(study: Study, requested: "str | Engine | None") -> "str | Engine"
     return "keras" if keras_only(study) else requested or study.engine
 
 
+# Runs the population engine hands to the keras engine, run by run, in a study it trains.
+MOMENTUM_ON_KERAS = "runs with SGD momentum train on the keras engine, run by run"
+
+
 def engine_line(study: Study, requested: str | None) -> str:
-    """What `sweep run` says at the start about the engine, and why when it is not the one asked for."""
+    """What `sweep run` says at the start about the engine, and why when it is not the one asked for
+    (or when some of its runs train on keras)."""
     name = engine_for(study, requested)
     asked = requested or study.engine
-    return f"engine: {name}" + (f" ({keras_only(study)})" if name != asked else "")
+    if name != asked:
+        return f"engine: {name} ({keras_only(study)})"
+    some = name == "population" and any(m != 0 for m in study.grid["momentum"]) and "sgd" in study.grid["optimizer"]
+    return f"engine: {name}" + (f" ({MOMENTUM_ON_KERAS})" if some else "")
 
 
 def planned_runs(study: Study) -> int:

@@ -162,9 +162,12 @@ def check_builder(study: "Study") -> None:
 
 
 def make_optimizer(config: "Config"):
-    """The Keras optimizer of a configuration, with its one kind of clipping."""
+    """The Keras optimizer of a configuration, with its one kind of clipping (and SGD's momentum
+    and Nesterov flag)."""
     import keras
 
     kinds = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
-    clip = {k: getattr(config, k) for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(config, k) is not None}
-    return kinds[config.optimizer](learning_rate=config.learning_rate, **clip)
+    kwargs = {k: getattr(config, k) for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(config, k) is not None}
+    if config.optimizer == "sgd":
+        kwargs.update(momentum=float(config.momentum), nesterov=bool(config.nesterov))
+    return kinds[config.optimizer](learning_rate=config.learning_rate, **kwargs)

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..spec import AXES, SETTING_AXES, SpecError, Study
+from ..spec import AXES, AXIS_DEFAULTS, SETTING_AXES, SGD_AXES, SpecError, Study
 from ..verdict import ORCHESTRATOR_STATUSES, STATUSES
 from . import faults
 from .rangetest import LRFIND_COLUMNS, with_suggestions
@@ -172,7 +172,8 @@ def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
     """`build`'s reports as Arrow tables. The cells (setting, learning rate) are summed with numpy
     over all rows at once (a study holds tens of thousands of them); each setting's edge is then
     found from its few cells (`edge`, `lr_sensitivity`)."""
-    trials = trials.reset_index(drop=True)
+    # A frame made before an axis was added (or by hand) has it at its default, as older files read.
+    trials = trials.reset_index(drop=True).assign(**{a: v for a, v in AXIS_DEFAULTS.items() if a not in trials})
     axes = setting_axes(trials)
     knobs = axes[len(SETTING_AXES):]
     map_schema, boundary_schema = map_schemas([model_field(k, trials[k].dtype) for k in knobs])
@@ -233,7 +234,7 @@ def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
     boundary_of_cell = np.cumsum(np.r_[True, cell_setting[1:] != cell_setting[:-1]]) - 1
     stable_max = np.array([np.nan if b["lr_stable_max"] is None else b["lr_stable_max"] for b in boundary])
     predicted = predicted_edges(boundary_of_cell[cell], lr, trials["optimizer"].astype(str).to_numpy(), curvature,
-                                stable_max)
+                                stable_max, *(trials[a].to_numpy() if a in trials else None for a in SGD_AXES))
     for i, b in enumerate(boundary):
         b.update({name: values[i] for name, values in predicted.items()})
     columns.update({name: [b[name] for b in boundary] for name in boundary[0]})
@@ -241,11 +242,13 @@ def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
 
 
 def predicted_edges(setting: np.ndarray, lr: np.ndarray, optimizer: np.ndarray, curvature: dict[str, np.ndarray],
-                    stable_max: np.ndarray) -> dict[str, np.ndarray]:
+                    stable_max: np.ndarray, momentum: np.ndarray | None = None,
+                    nesterov: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per setting, the learning rate at which the measured curvature sits on the optimizer's
-    stability threshold (`sharpness.predicted_learning_rate`: 2/λ_max for SGD, 38/λ_max(P⁻¹H) for
-    Adam, 2/λ_max(P⁻¹H) for RMSprop), from the rows' setting index, learning rate, optimizer and
-    curvature columns, and each setting's `lr_stable_max` (NaN: none):
+    stability threshold (`sharpness.stability_threshold`: 2/λ_max for SGD, (2 + 2β)/λ_max with
+    momentum β, 38/λ_max(P⁻¹H) for Adam, 2/λ_max(P⁻¹H) for RMSprop), from the rows' setting
+    index, learning rate, optimizer (momentum, Nesterov) and curvature columns, and each
+    setting's `lr_stable_max` (NaN: none):
 
     * `lr_predicted_init`: from the initialised model, the median over the setting's runs of
       `*_init` (it depends on the seed and scaler only, not on the learning rate);
@@ -269,9 +272,12 @@ def predicted_edges(setting: np.ndarray, lr: np.ndarray, optimizer: np.ndarray, 
 
     n_settings = len(stable_max)
     sgd = optimizer == "sgd"
+    momentum = np.zeros(len(lr)) if momentum is None else np.asarray(momentum, dtype=float)
+    nesterov = np.zeros(len(lr), bool) if nesterov is None else np.asarray(nesterov, dtype=bool)
     threshold = np.ones(len(lr))
-    for name in np.unique(optimizer):
-        threshold[optimizer == name] = stability_threshold(str(name))
+    kinds = pd.DataFrame({"optimizer": optimizer, "momentum": momentum, "nesterov": nesterov})
+    for (name, beta, nest), rows in kinds.groupby(["optimizer", "momentum", "nesterov"]).indices.items():
+        threshold[rows] = stability_threshold(str(name), float(beta), bool(nest))
     setting_threshold = np.full(n_settings, np.nan)
     setting_threshold[setting] = threshold  # every row of a setting has its optimizer
     out = {}

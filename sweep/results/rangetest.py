@@ -17,7 +17,8 @@ import pandas as pd
 import pyarrow as pa
 
 from ..spec import SETTING_AXES
-from .reports import TRIAL_COLUMNS, ResultsError, arrow_table, model_fields, open_checked, typed, with_model_fields
+from .reports import (TRIAL_COLUMNS, ResultsError, arrow_table, model_fields, open_checked, read_checked, typed,
+                      with_model_fields)
 
 LRFIND_FILE = "lrfind.parquet"
 BOUNDARY_COLUMN = "lr_rangetest_suggestion"
@@ -70,7 +71,7 @@ def read_rows(path: Path) -> tuple[list[dict], pa.Schema]:
     try:
         pf = open_checked(path, LRFIND_COLUMNS, verdicts=False)  # range tests hold no verdict
         schema = lrfind_schema(model_fields(pf.schema_arrow))
-        return pf.read(columns=schema.names).cast(schema).to_pylist(), schema
+        return read_checked(pf, schema).to_pylist(), schema
     except ResultsError as exc:
         raise ResultsError(f"{exc}; `sweep lrfind` writes it (delete it to run the range test again)") from None
     except Exception as exc:  # pyarrow: damaged data pages behind a readable footer

@@ -32,13 +32,14 @@ from .._version import __version__
 from ..engines import Outcome
 from ..engines.baseline import baseline_loss
 from ..engines.sharpness import finite_or_none, summary
-from ..spec import CATEGORICAL_AXES, Run, Study
+from ..spec import AXIS_DEFAULTS, CATEGORICAL_AXES, Run, Study
 from ..verdict import STATUSES, judge, spike_epochs
 from . import faults
 
-# Version 4 adds the model's knobs ([grid.model]) as axis columns of their own (`model_field`);
-# a reader of version 3 would read such a file without them and merge settings that differ in
-# them, so it must refuse it, and does: it reads 1 to 3 only.
+# Version 4 adds SGD's `momentum` and `nesterov` axes and the model's knobs ([grid.model]) as
+# axis columns of their own (`model_field`); a reader of version 3 would read such a file
+# without them and merge settings that differ in them, so it must refuse it, and does: it reads
+# 1 to 3 only. An earlier file reads an added axis as its default (`spec.AXIS_DEFAULTS`).
 SCHEMA_VERSION = "4"
 # Versions this sweep reads. A column declared with `added` is absent from files of earlier
 # versions and reads as null there; any other missing column refuses the file.
@@ -111,6 +112,8 @@ TRIAL_COLUMNS = pa.schema([
     ("activation", pa.string()),
     ("scaler", pa.string()),
     ("optimizer", pa.string()),
+    added("momentum", pa.float64(), "4"),  # SGD's; 0 for every other optimizer
+    added("nesterov", pa.bool_(), "4"),
     ("loss", pa.string()),
     ("schedule", pa.string()),
     ("epochs", pa.int64()),
@@ -199,7 +202,8 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
         "study": study.name, "trial": run.trial, "config_id": c.config_id, "seed": run.seed,
         "example": study.example, "learning_rate": c.learning_rate, "clipnorm": c.clipnorm,
         "global_clipnorm": c.global_clipnorm, "clipvalue": c.clipvalue, "batch_size": c.batch_size,
-        "activation": c.activation, "scaler": c.scaler, "optimizer": c.optimizer, "loss": c.loss,
+        "activation": c.activation, "scaler": c.scaler, "optimizer": c.optimizer, "momentum": c.momentum,
+        "nesterov": c.nesterov, "loss": c.loss,
         "schedule": c.schedule, **c.knobs, "epochs": study.epochs, "worker": worker, "node": socket.gethostname(),
         "started_at": started_at or datetime.now(timezone.utc), "tf_version": tf_version,
         "keras_version": keras_version, "sweep_version": __version__,
@@ -378,12 +382,15 @@ def _added_after(f: pa.Field, version: str) -> bool:
 
 
 def read_checked(pf: pq.ParquetFile, schema: pa.Schema) -> pa.Table:
-    """The `schema` columns of a file `open_checked` passed, the columns its version predates null."""
+    """The `schema` columns of a file `open_checked` passed, the columns its version predates null,
+    or an axis added since at the value every earlier run had (`spec.AXIS_DEFAULTS`)."""
     present = [n for n in schema.names if n in pf.schema_arrow.names]
     table = pf.read(columns=present)
     for i, f in enumerate(schema):
         if f.name not in present:
-            table = table.add_column(i, f.name, pa.nulls(len(table), f.type))
+            column = (pa.array([AXIS_DEFAULTS[f.name]] * len(table), f.type) if f.name in AXIS_DEFAULTS
+                      else pa.nulls(len(table), f.type))
+            table = table.add_column(i, f.name, column)
     return table.cast(schema)
 
 

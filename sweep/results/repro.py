@@ -40,6 +40,8 @@ def script(study_dir: str | Path, trial: int) -> str:
     config = config_from_dict(row.to_dict(), tuple(study.model))
     seed = int(row["seed"])
     clip = {k: getattr(config, k) for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(config, k) is not None}
+    if config.momentum or config.nesterov:  # SGD's; plain SGD keeps the script as it was
+        clip.update(momentum=config.momentum, nesterov=config.nesterov)
     optimizer_cls = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop"}[config.optimizer]
     opt_args = ", ".join([f"learning_rate={config.learning_rate!r}"] + [f"{k}={v!r}" for k, v in clip.items()])
     callbacks = (f"[keras.callbacks.ReduceLROnPlateau(**{PLATEAU!r})]" if config.schedule == "plateau"

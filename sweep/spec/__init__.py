@@ -51,7 +51,7 @@ from ..verdict import Thresholds
 from .checks import (BUILDER_ARGUMENTS, REQUIRED, Field, Invalid, builder_knobs, builder_module, builder_problem,
                      builder_search_path, check_section, example_ref, integer, knob_name_problem, knob_values, number,
                      one_of, plain_name, positive_integer, positive_number, positive_number_or_none, seed_list,
-                     table_of, values_of)
+                     table_of, unit_number, values_of, boolean)
 
 # Allowed values of the categorical axes: one place, also the categories of the Parquet columns.
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "elu", "selu", "softplus", "swish", "leaky_relu", "linear")
@@ -63,8 +63,11 @@ SAMPLERS = ("grid", "boundary", "tpe")
 ENGINES = ("population", "keras")
 
 CLIP_AXES = ("clipnorm", "global_clipnorm", "clipvalue")
+# SGD's own hyper-parameters (keras.optimizers.SGD): the other optimizers take neither.
+SGD_AXES = ("momentum", "nesterov")
 # The sweep's axes in plan order; learning rate is last so that a setting's runs are adjacent.
-AXES = ("activation", "scaler", "optimizer", "loss", "schedule", "batch_size", *CLIP_AXES, "learning_rate")
+AXES = ("activation", "scaler", "optimizer", *SGD_AXES, "loss", "schedule", "batch_size", *CLIP_AXES,
+        "learning_rate")
 CATEGORICAL_AXES = {
     "activation": ACTIVATIONS,
     "scaler": SCALERS,
@@ -119,6 +122,9 @@ class Config:
     optimizer: str
     loss: str
     schedule: str
+    # SGD's momentum and Nesterov flag (Keras's defaults for every other optimizer).
+    momentum: float = 0.0
+    nesterov: bool = False
     # The model builder's knobs ([grid.model]) as (name, value) pairs sorted by name; () when
     # the study names none (the builder's own defaults).
     model: tuple[tuple[str, Any], ...] = ()
@@ -223,13 +229,14 @@ class Study:
         return self.grid[axis] if axis in self.grid else self.model[axis]
 
     def configs(self) -> list[Config]:
-        """Every grid point. Keras allows one kind of clipping per optimizer, so points that
-        set two kinds at once are not configurations and are left out."""
+        """Every grid point. Keras allows one kind of clipping per optimizer, and momentum and
+        Nesterov are SGD's alone, so points that set two kinds of clipping at once, or momentum
+        or Nesterov for Adam or RMSprop, are not configurations and are left out."""
         out = []
         names = self.axes
         for values in itertools.product(*(self.values(a) for a in names)):
             axes = dict(zip(names, values))
-            if sum(axes[c] is not None for c in CLIP_AXES) > 1:
+            if not is_configuration(axes):
                 continue
             knobs = tuple((k, axes.pop(k)) for k in self.model)
             out.append(Config(**axes, model=knobs))
@@ -244,9 +251,10 @@ class Study:
 
     def plan_digest(self) -> str:
         """What a resumed study must agree on: everything that changes the runs or their rows."""
+        # An axis added since digests were first stored counts only when it leaves its default.
+        grid = {a: list(self.grid[a]) for a in AXES if self.grid[a] != (AXIS_DEFAULTS.get(a, MISSING),)}
         plan = {"example": self.example, "epochs": self.epochs, "data_seed": self.data_seed,
-                "verdict": asdict(self.verdict), "grid": {a: list(self.grid[a]) for a in AXES},
-                "seeds": list(self.seeds)}
+                "verdict": asdict(self.verdict), "grid": grid, "seeds": list(self.seeds)}
         # Telemetry fills columns of the rows, as the verdict does; only when on, so that a
         # study without it keeps the digest it had before telemetry existed.
         if self.sharpness is not None:
@@ -256,6 +264,21 @@ class Study:
             plan["model"] = {k: list(v) for k, v in self.model.items()}
         blob = json.dumps(plan, sort_keys=True, default=repr)
         return hashlib.sha1(blob.encode()).hexdigest()
+
+
+# The axes added since the first results were written, with the value every earlier
+# configuration had: `Config`'s defaults. At it, an axis is left out of config ids and plan
+# digests, and it is what older report files read in its column.
+AXIS_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)
+                                 if f.name in AXES and f.default is not MISSING}
+
+
+def is_configuration(axes: dict[str, Any]) -> bool:
+    """Whether a grid point is one Keras can build: one kind of clipping at most; momentum and
+    Nesterov only with SGD."""
+    if sum(axes[c] is not None for c in CLIP_AXES) > 1:
+        return False
+    return axes["optimizer"] == "sgd" or all(axes[a] == AXIS_DEFAULTS[a] for a in SGD_AXES)
 
 
 def example_defaults(example: str) -> dict[str, Any]:
@@ -322,7 +345,10 @@ def grid_fields(defaults: dict[str, Any], losses: tuple[str, ...]) -> dict[str, 
               **{c: ('finite numbers > 0 or "none"', positive_number_or_none) for c in CLIP_AXES},
               "batch_size": ("integers >= 1", positive_integer),
               **{a: (", ".join(allowed), one_of(allowed)) for a, allowed in CATEGORICAL_AXES.items()},
-              "loss": (", ".join(losses), one_of(losses))}
+              "loss": (", ".join(losses), one_of(losses)),
+              # keras.optimizers.SGD refuses a momentum outside [0, 1]
+              "momentum": ("numbers from 0 to 1 (SGD's momentum; 0: none)", unit_number),
+              "nesterov": ("true or false (SGD's Nesterov momentum; acts only with momentum > 0)", boolean)}
     return {a: Field(values[a][0], (defaults[a],), values_of(values[a][1])) for a in AXES}
 
 
@@ -360,6 +386,7 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_
     boundary = check_section("boundary", section["boundary"], BOUNDARY_FIELDS, problems)
     telemetry = check_section("telemetry", section["telemetry"], TELEMETRY_FIELDS, problems)
     problems += _plan_problems(catalog_example, study, {**grid, **model}, max_runs)
+    problems += _sgd_problems(section["grid"], grid)
 
     if problems:
         raise SpecError(path, problems)
@@ -368,7 +395,8 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_
               search_path=search_path)
     if not s.configs():
         raise SpecError(path, [("grid", "every combination sets more than one of clipnorm, global_clipnorm, "
-                                "clipvalue; Keras allows one kind of clipping per optimizer")])
+                                "clipvalue, or momentum or nesterov for an optimizer other than sgd; Keras allows "
+                                "one kind of clipping per optimizer, and momentum and Nesterov are SGD's")])
     return s
 
 
@@ -416,6 +444,15 @@ def _model_grid(raw: Any, example: str | None, search_path: tuple[str, ...] | No
         except Invalid as exc:
             problems += [(where, r) for r in exc.args]
     return out
+
+
+def _sgd_problems(raw_grid: dict, grid: dict) -> list[tuple[str, str]]:
+    """SGD's axes set for a study that trains no SGD: every one of its points would be left out."""
+    if "sgd" in grid.get("optimizer", ("sgd",)):
+        return []
+    return [(f"grid.{a}", f"is SGD's; the study's optimizers ({', '.join(grid['optimizer'])}) take none: add "
+             f'"sgd" to grid.optimizer, or leave {a} out')
+            for a in SGD_AXES if a in raw_grid and grid.get(a, (AXIS_DEFAULTS[a],)) != (AXIS_DEFAULTS[a],)]
 
 
 def _section_problems(raw: dict) -> list[tuple[str, str]]:
@@ -489,11 +526,13 @@ def config_from_dict(values: dict[str, Any], model_axes: Sequence[str] = ()) -> 
     for f in fields(Config):
         if f.name == "model":
             continue
-        v = values[f.name]
+        v = values.get(f.name, f.default) if f.name in AXIS_DEFAULTS else values[f.name]
         if f.name in CLIP_AXES:
             v = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-        elif f.name == "learning_rate":
+        elif f.name in ("learning_rate", "momentum"):
             v = float(v)
+        elif f.name == "nesterov":
+            v = bool(v)
         elif f.name == "batch_size":
             v = int(v)
         else:

@@ -221,6 +221,21 @@ def positive_number_or_none(v: Any) -> float | None:
     return positive_number(v)
 
 
+def unit_number(v: Any) -> float:
+    """A number from 0 to 1, as a float."""
+    if not is_number(v):
+        raise Invalid(f"{v!r} is not a number")
+    if not 0 <= v <= 1:
+        raise Invalid()
+    return float(v)
+
+
+def boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise Invalid()
+    return v
+
+
 def positive_integer(v: Any) -> int:
     if not is_int(v) or v < 1:
         raise Invalid()
@@ -269,8 +284,12 @@ KNOB_VALUES = "strings, integers, finite floats or booleans (TOML scalars), all 
 def knob_name_problem(name: str) -> str | None:
     """Why `name` cannot be a model axis's column name, or None.
 
-    >>> knob_name_problem("depth") is None, knob_name_problem("order"), knob_name_problem("size")
-    (True, "'order' is an SQL keyword (DuckDB would need it quoted)", "'size' is a pandas DataFrame attribute (df.size would not be the column)")
+    >>> knob_name_problem("depth") is None
+    True
+    >>> knob_name_problem("order")
+    "'order' is an SQL keyword (DuckDB would need it quoted)"
+    >>> knob_name_problem("size")
+    "'size' is a pandas DataFrame attribute (df.size would not be the column)"
     """
     if not KNOB_NAME_RE.match(name):
         return (f"{name!r} is not a plain column name: lower-case letters, digits and '_', starting with a "
