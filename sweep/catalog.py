@@ -160,6 +160,8 @@ BASE_DEFAULTS: dict[str, Any] = {
     "momentum": 0.0,  # SGD's, Keras's default: none
     "nesterov": False,
     "schedule": "constant",
+    "precision": "float32",
+    "loss_scaling": True,  # mixed_float16's, Keras's default (compile's auto_scale_loss)
 }
 
 

@@ -1,6 +1,7 @@
 """SGD's momentum and Nesterov flag as axes: the study file's rules, Keras's optimizer on the keras
 engine, `step.update` against Keras's own `SGD.update_step`, and results written before the axes
-existed reading them at their defaults (ids, plan digests and columns unchanged)."""
+(these and precision, loss_scaling) existed reading them at their defaults (ids, plan digests and
+columns unchanged)."""
 
 import json
 import textwrap
@@ -59,6 +60,8 @@ def test_the_committed_results_keep_their_digests_ids_and_read_the_new_axes_at_t
     out = RESULTS / "reproduce-exploding_gradients"
     trials = sweep.load_trials(out)
     assert set(trials.momentum) == {0.0} and set(trials.nesterov) == {False}
+    assert set(trials.precision) == {"float32"} and set(trials.loss_scaling) == {True}
+    assert trials.skipped_steps.isna().all() and trials.final_loss_scale.isna().all()
     study = parse(json.loads((out / "study.json").read_text())["study_toml"], import_builder=False)
     assert set(trials.config_id) == {c.config_id for c in study.configs()}
     assert {config_from_dict(r).config_id for r in trials.to_dict("records")} == set(trials.config_id)

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from ..answers import conditions, effects
 from ..engines import Engine
 from ..results import faults, maps, rejudge, reports
-from ..spec import Run, Study
+from ..spec import AXIS_DEFAULTS, Run, Study
 from .optuna_journal import JOURNAL
 from .optuna_study import OptunaRecord
 from .pool import Pool, Waiting, batch_limit, batch_size
@@ -118,7 +118,7 @@ def engine_for(study: Study, requested: "str | Engine | None") -> "str | Engine"
 
 
 # Runs the population engine hands to the keras engine, run by run, in a study it trains.
-MOMENTUM_ON_KERAS = "runs with SGD momentum train on the keras engine, run by run"
+PARTLY_ON_KERAS = {"momentum": "runs with SGD momentum", "precision": "runs in mixed precision"}
 
 
 def engine_line(study: Study, requested: str | None) -> str:
@@ -128,8 +128,12 @@ def engine_line(study: Study, requested: str | None) -> str:
     asked = requested or study.engine
     if name != asked:
         return f"engine: {name} ({keras_only(study)})"
-    some = name == "population" and any(m != 0 for m in study.grid["momentum"]) and "sgd" in study.grid["optimizer"]
-    return f"engine: {name}" + (f" ({MOMENTUM_ON_KERAS})" if some else "")
+    if name != "population":
+        return f"engine: {name}"
+    some = [text for axis, text in PARTLY_ON_KERAS.items()
+            if any(v != AXIS_DEFAULTS[axis] for v in study.grid[axis])
+            and (axis != "momentum" or "sgd" in study.grid["optimizer"])]
+    return f"engine: {name}" + (f" ({' and '.join(some)} train on the keras engine, run by run)" if some else "")
 
 
 def planned_runs(study: Study) -> int:

@@ -23,9 +23,10 @@ curvature telemetry). May import the study file, the catalog and the verdict rul
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -62,6 +63,10 @@ class Outcome:
     # was no longer finite. Empty when not measured.
     sharpness: dict[int, float] = field(default_factory=dict)
     precond_sharpness: dict[int, float] = field(default_factory=dict)
+    # mixed_float16 with loss scaling: batches whose update Keras's LossScaleOptimizer skipped
+    # (scaled gradients not finite; the scale halved), and the scale at the end. None without.
+    skipped_steps: int | None = None
+    final_loss_scale: float | None = None
 
 
 class Engine(Protocol):
@@ -95,10 +100,29 @@ def user_builder(study: "Study"):
     return getattr(builder_module(module_name, study.search_path), attr)
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Keras's default dtype policy set to `name` while a model is built (its layers take it when
+    made), the previous one back after. Keras keeps it per thread."""
+    import keras
+
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
 def problem(study: "Study", config: "Config", seed: int) -> Problem:
-    """Build the run's model under its seed, with its data and loss. The builder receives the
-    configuration's knobs as keyword arguments; knobs the study does not name keep the
-    builder's defaults."""
+    """Build the run's model under its seed and its precision (a Keras dtype policy), with its
+    data and loss. The builder receives the configuration's knobs as keyword arguments; knobs
+    the study does not name keep the builder's defaults."""
+    with dtype_policy(config.precision):
+        return _problem(study, config, seed)
+
+
+def _problem(study: "Study", config: "Config", seed: int) -> Problem:
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -163,11 +187,16 @@ def check_builder(study: "Study") -> None:
 
 def make_optimizer(config: "Config"):
     """The Keras optimizer of a configuration, with its one kind of clipping (and SGD's momentum
-    and Nesterov flag)."""
+    and Nesterov flag); for mixed_float16 with loss scaling, wrapped in Keras's dynamic
+    `LossScaleOptimizer` as `model.compile` wraps it (compile the model with
+    `auto_scale_loss=False` then, and take gradients of `optimizer.scale_loss(loss)`)."""
     import keras
 
     kinds = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
     kwargs = {k: getattr(config, k) for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(config, k) is not None}
     if config.optimizer == "sgd":
         kwargs.update(momentum=float(config.momentum), nesterov=bool(config.nesterov))
-    return kinds[config.optimizer](learning_rate=config.learning_rate, **kwargs)
+    optimizer = kinds[config.optimizer](learning_rate=config.learning_rate, **kwargs)
+    if config.precision == "mixed_float16" and config.loss_scaling:
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

@@ -116,6 +116,8 @@ TRIAL_COLUMNS = pa.schema([
     added("nesterov", pa.bool_(), "4"),
     ("loss", pa.string()),
     ("schedule", pa.string()),
+    added("precision", pa.string(), "4"),  # the Keras dtype policy
+    added("loss_scaling", pa.bool_(), "4"),  # mixed_float16's dynamic loss scaling
     ("epochs", pa.int64()),
     ("status", pa.string()),
     ("first_nonfinite_step", pa.int64()),
@@ -142,13 +144,17 @@ TRIAL_COLUMNS = pa.schema([
     ("keras_version", pa.string()),
     ("sweep_version", pa.string()),
     ("message", pa.string()),  # why a run is `error` or `timeout`; null otherwise
+    # mixed_float16 with loss scaling: batches whose scaled gradients overflowed, so the update
+    # was skipped and the scale halved, and the scale at the end; null without loss scaling
+    added("skipped_steps", pa.int64(), "4"),
+    added("final_loss_scale", pa.float64(), "4"),
     # λ_max at epoch 0, at the first measured epoch after it, the largest, at the last measured
     # epoch; precond_*: of P⁻¹H for Adam and RMSprop (null for SGD)
     *SHARPNESS_TRIAL_COLUMNS,
 ])
 
 # Knob columns go after the sweep's own axes in trials.
-AXES_END = "schedule"
+AXES_END = "loss_scaling"
 
 
 def trial_schema(study: Study) -> pa.Schema:
@@ -172,7 +178,7 @@ CURVE_COLUMNS = pa.schema([
 # Trials columns that load as pandas categoricals, with their categories fixed so
 # that every part file, study and session agrees. (In curves, `loss` is a number.)
 CATEGORIES = {**CATEGORICAL_AXES, "status": STATUSES}
-NULLABLE_INTS = ("first_nonfinite_step",)
+NULLABLE_INTS = ("first_nonfinite_step", "skipped_steps")
 
 
 class ResultsError(Exception):
@@ -203,9 +209,9 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
         "example": study.example, "learning_rate": c.learning_rate, "clipnorm": c.clipnorm,
         "global_clipnorm": c.global_clipnorm, "clipvalue": c.clipvalue, "batch_size": c.batch_size,
         "activation": c.activation, "scaler": c.scaler, "optimizer": c.optimizer, "momentum": c.momentum,
-        "nesterov": c.nesterov, "loss": c.loss,
-        "schedule": c.schedule, **c.knobs, "epochs": study.epochs, "worker": worker, "node": socket.gethostname(),
-        "started_at": started_at or datetime.now(timezone.utc), "tf_version": tf_version,
+        "nesterov": c.nesterov, "loss": c.loss, "schedule": c.schedule, "precision": c.precision,
+        "loss_scaling": c.loss_scaling, **c.knobs, "epochs": study.epochs, "worker": worker,
+        "node": socket.gethostname(), "started_at": started_at or datetime.now(timezone.utc), "tf_version": tf_version,
         "keras_version": keras_version, "sweep_version": __version__,
     }
     if isinstance(outcome, BaseException):
@@ -238,6 +244,8 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
         final_accuracy=outcome.epoch_accuracy[-1] if outcome.epoch_accuracy else outcome.initial_accuracy,
         wall_seconds=outcome.wall_seconds,
         message=None,
+        skipped_steps=outcome.skipped_steps,
+        final_loss_scale=outcome.final_loss_scale,
         **summary("sharpness", outcome.sharpness),
         **summary("precond_sharpness", outcome.precond_sharpness),
     )

@@ -46,6 +46,10 @@ def script(study_dir: str | Path, trial: int) -> str:
     opt_args = ", ".join([f"learning_rate={config.learning_rate!r}"] + [f"{k}={v!r}" for k, v in clip.items()])
     callbacks = (f"[keras.callbacks.ReduceLROnPlateau(**{PLATEAU!r})]" if config.schedule == "plateau"
                  else "[keras.callbacks.TerminateOnNaN()]")
+    # Mixed precision: the model built under the run's dtype policy; compile wraps the optimizer
+    # for mixed_float16's loss scaling itself unless the run turned it off.
+    policy = "" if config.precision == "float32" else f"keras.config.set_dtype_policy({config.precision!r})\n"
+    no_scaling = ", auto_scale_loss=False" if config.precision == "mixed_float16" and not config.loss_scaling else ""
 
     sources, build, compile_loss = _model_code(study, config)
     return f'''"""Run {trial} of study {study.name!r} ({study.example}), reproduced with plain Keras.
@@ -67,8 +71,8 @@ BATCH_SIZE = {config.batch_size}
 {sources}
 
 
-{build}
-model.compile(optimizer=keras.optimizers.{optimizer_cls}({opt_args}), loss={compile_loss}, metrics=["accuracy"])
+{policy}{build}
+model.compile(optimizer=keras.optimizers.{optimizer_cls}({opt_args}), loss={compile_loss}, metrics=["accuracy"]{no_scaling})
 
 n = len(x)
 steps = -(-n // BATCH_SIZE)

@@ -59,6 +59,8 @@ SCALERS = ("none", "standard", "minmax")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 SCHEDULES = ("constant", "plateau")
 LOSSES = ("binary_crossentropy", "categorical_crossentropy", "mse", "handwritten", "handwritten_clipped", "compiled")
+# Keras dtype policies: variables float32 always; compute in float32, float16 or bfloat16.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SAMPLERS = ("grid", "boundary", "tpe")
 ENGINES = ("population", "keras")
 
@@ -66,14 +68,15 @@ CLIP_AXES = ("clipnorm", "global_clipnorm", "clipvalue")
 # SGD's own hyper-parameters (keras.optimizers.SGD): the other optimizers take neither.
 SGD_AXES = ("momentum", "nesterov")
 # The sweep's axes in plan order; learning rate is last so that a setting's runs are adjacent.
-AXES = ("activation", "scaler", "optimizer", *SGD_AXES, "loss", "schedule", "batch_size", *CLIP_AXES,
-        "learning_rate")
+AXES = ("activation", "scaler", "optimizer", *SGD_AXES, "loss", "schedule", "precision", "loss_scaling",
+        "batch_size", *CLIP_AXES, "learning_rate")
 CATEGORICAL_AXES = {
     "activation": ACTIVATIONS,
     "scaler": SCALERS,
     "optimizer": OPTIMIZERS,
     "loss": LOSSES,
     "schedule": SCHEDULES,
+    "precision": PRECISIONS,
 }
 SETTING_AXES = tuple(a for a in AXES if a != "learning_rate")
 
@@ -125,6 +128,10 @@ class Config:
     # SGD's momentum and Nesterov flag (Keras's defaults for every other optimizer).
     momentum: float = 0.0
     nesterov: bool = False
+    # The Keras dtype policy the model is built under, and whether mixed_float16 trains with
+    # Keras's dynamic loss scaling (compile's `auto_scale_loss`; no effect on other policies).
+    precision: str = "float32"
+    loss_scaling: bool = True
     # The model builder's knobs ([grid.model]) as (name, value) pairs sorted by name; () when
     # the study names none (the builder's own defaults).
     model: tuple[tuple[str, Any], ...] = ()
@@ -275,8 +282,10 @@ AXIS_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)
 
 def is_configuration(axes: dict[str, Any]) -> bool:
     """Whether a grid point is one Keras can build: one kind of clipping at most; momentum and
-    Nesterov only with SGD."""
+    Nesterov only with SGD; loss scaling turned off only where there is any (mixed_float16)."""
     if sum(axes[c] is not None for c in CLIP_AXES) > 1:
+        return False
+    if axes["precision"] != "mixed_float16" and axes["loss_scaling"] != AXIS_DEFAULTS["loss_scaling"]:
         return False
     return axes["optimizer"] == "sgd" or all(axes[a] == AXIS_DEFAULTS[a] for a in SGD_AXES)
 
@@ -348,7 +357,9 @@ def grid_fields(defaults: dict[str, Any], losses: tuple[str, ...]) -> dict[str, 
               "loss": (", ".join(losses), one_of(losses)),
               # keras.optimizers.SGD refuses a momentum outside [0, 1]
               "momentum": ("numbers from 0 to 1 (SGD's momentum; 0: none)", unit_number),
-              "nesterov": ("true or false (SGD's Nesterov momentum; acts only with momentum > 0)", boolean)}
+              "nesterov": ("true or false (SGD's Nesterov momentum; acts only with momentum > 0)", boolean),
+              "loss_scaling": ("true or false (mixed_float16's dynamic loss scaling, Keras's default: true)",
+                               boolean)}
     return {a: Field(values[a][0], (defaults[a],), values_of(values[a][1])) for a in AXES}
 
 
@@ -387,6 +398,10 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_
     telemetry = check_section("telemetry", section["telemetry"], TELEMETRY_FIELDS, problems)
     problems += _plan_problems(catalog_example, study, {**grid, **model}, max_runs)
     problems += _sgd_problems(section["grid"], grid)
+    if grid.get("loss_scaling", (True,)) != (True,) and "mixed_float16" not in grid.get("precision", ()):
+        problems.append(("grid.loss_scaling", "turns off mixed_float16's loss scaling; the study's precisions ("
+                         + ", ".join(grid.get("precision", ())) + ') have none: add "mixed_float16" to '
+                         "grid.precision, or leave loss_scaling out"))
 
     if problems:
         raise SpecError(path, problems)
@@ -397,6 +412,9 @@ def parse(text: str, path: str = "<study>", max_runs: int = MAX_RUNS, *, import_
         raise SpecError(path, [("grid", "every combination sets more than one of clipnorm, global_clipnorm, "
                                 "clipvalue, or momentum or nesterov for an optimizer other than sgd; Keras allows "
                                 "one kind of clipping per optimizer, and momentum and Nesterov are SGD's")])
+    if s.sharpness is not None and s.grid["precision"] != ("float32",):
+        raise SpecError(path, [("telemetry.sharpness", "is measured in float32 only; leave precision at "
+                                "float32 or the telemetry out")])
     return s
 
 
@@ -531,7 +549,7 @@ def config_from_dict(values: dict[str, Any], model_axes: Sequence[str] = ()) -> 
             v = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
         elif f.name in ("learning_rate", "momentum"):
             v = float(v)
-        elif f.name == "nesterov":
+        elif f.name in ("nesterov", "loss_scaling"):
             v = bool(v)
         elif f.name == "batch_size":
             v = int(v)

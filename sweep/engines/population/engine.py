@@ -164,9 +164,10 @@ class PopulationEngine:
         if study.example not in EXAMPLES:
             raise Unsupported(f"{study.example}: user builders run on the keras engine")
         # Not wired into the program yet: the model cache (`model.built_model`) is keyed without the
-        # builder's knobs, and `step.update` takes SGD's momentum but `train` passes none.
-        if c.model or c.momentum:
-            raise Unsupported("model knobs and SGD momentum run on the keras engine")
+        # builder's knobs, `step.update` takes SGD's momentum but `train` passes none; and the
+        # program computes in float32 only.
+        if c.model or c.momentum or c.precision != "float32":
+            raise Unsupported("model knobs, SGD momentum and mixed precision run on the keras engine")
         if c.optimizer not in SLOTS:
             raise Unsupported(f"optimizer {c.optimizer!r}")
         if c.loss not in KERAS_LOSSES and c.loss not in WRITTEN_LOSSES:
