@@ -19,7 +19,7 @@ Keras is imported only when a model or loss is built, so reading the catalog
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -31,15 +31,53 @@ DOC_NAN = "nan-loss-zero-accuracy.md"
 HIDDEN = (128, 64)
 
 
-def mlp(n_features: int, activation: str, n_out: int, out_activation: str | None):
-    """The documents' MLP: Dense 128-64 with the swept activation, then the output layer."""
+def hidden_widths(depth: int = len(HIDDEN)) -> tuple[int, ...]:
+    """The hidden layers of a catalog MLP `depth` layers deep: the documents' 128 first, then 64
+    each, so that the documents' own depth (2) is their 128-64 stack and a deeper net adds
+    layers of the width it already ends with.
+
+    >>> hidden_widths(), hidden_widths(4)
+    ((128, 64), (128, 64, 64, 64))
+    """
+    return HIDDEN[:depth] + (HIDDEN[-1],) * max(0, depth - len(HIDDEN))
+
+
+def mlp(n_features: int, activation: str, n_out: int, out_activation: str | None, *,
+        depth: int = len(HIDDEN), kernel_initializer: str = "glorot_uniform"):
+    """The documents' MLP: Dense 128-64 (`depth` hidden layers: `hidden_widths`) with the swept
+    activation, then the output layer; every kernel drawn by `kernel_initializer`."""
     import keras
 
     return keras.Sequential(
         [keras.Input((n_features,))]
-        + [keras.layers.Dense(width, activation=activation) for width in HIDDEN]
-        + [keras.layers.Dense(n_out, activation=out_activation)]
+        + [keras.layers.Dense(width, activation=activation, kernel_initializer=kernel_initializer)
+           for width in hidden_widths(depth)]
+        + [keras.layers.Dense(n_out, activation=out_activation, kernel_initializer=kernel_initializer)]
     )
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A keyword parameter of a catalog builder that a study may sweep (`[grid.model]`): its value
+    when the study leaves it out, what a study may write, and the check of one value."""
+
+    default: Any
+    allowed: str
+    ok: Callable[[Any], bool]
+
+
+# Initializers Keras makes from their name alone (keras.initializers.get), the ones people sweep.
+INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal",
+                "orthogonal", "random_normal", "random_uniform", "truncated_normal", "variance_scaling",
+                "zeros", "ones")
+# The knobs of `mlp`, which every catalog example builds with: the write-ups' advice on deep
+# nets and on initialization, as axes. The defaults are `mlp`'s (the documents' model).
+MLP_KNOBS: dict[str, Knob] = {
+    "depth": Knob(len(HIDDEN), "an integer from 1 to 64 (hidden layers: 128 units, then 64 each)",
+                  lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64),
+    "kernel_initializer": Knob("glorot_uniform", "a Keras initializer name: " + ", ".join(INITIALIZERS),
+                               lambda v: v in INITIALIZERS),
+}
 
 
 def handwritten_cross_entropy(y_true, y_pred):
@@ -98,9 +136,12 @@ class Example:
     claimed_failure: tuple[str, ...]  # statuses that would confirm the failure claim
     epochs: int = 20
     notes: str = ""
+    # The keyword parameters of `build` a study may sweep ([grid.model]); every example builds `mlp`.
+    knobs: dict[str, Knob] = field(default_factory=lambda: dict(MLP_KNOBS))
 
-    def build(self, activation: str, n_features: int):
-        return mlp(n_features, activation, self.n_out, self.out_activation)
+    def build(self, activation: str, n_features: int, **knobs: Any):
+        """The example's model; `knobs` (names of `self.knobs`) as the study's [grid.model] sets them."""
+        return mlp(n_features, activation, self.n_out, self.out_activation, **knobs)
 
     def config(self, overrides: dict[str, Any]) -> dict[str, Any]:
         return {**self.defaults, **overrides}
@@ -116,7 +157,11 @@ BASE_DEFAULTS: dict[str, Any] = {
     "activation": "relu",
     "scaler": "none",
     "optimizer": "adam",
+    "momentum": 0.0,  # SGD's, Keras's default: none
+    "nesterov": False,
     "schedule": "constant",
+    "precision": "float32",
+    "loss_scaling": True,  # mixed_float16's, Keras's default (compile's auto_scale_loss)
 }
 
 

@@ -44,11 +44,14 @@ class BadInput(click.ClickException):
 
 
 def _load_study(path: str, max_runs: int = MAX_RUNS):
-    """The checked study, a user builder called once (`engines.check_builder`); else exit 2."""
+    """The checked study, its model knobs' names free as columns (`maps.check_knob_names`), a user
+    builder called once (`engines.check_builder`); else exit 2."""
     from .engines import check_builder
+    from .results.maps import check_knob_names
 
     try:
         study = load(path, max_runs)
+        check_knob_names(study)
         check_builder(study)
         return study
     except SpecError as exc:

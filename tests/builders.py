@@ -103,3 +103,32 @@ def wide_model(activation: str, seed: int):
                              keras.layers.Dense(1024, activation=activation), keras.layers.Dense(1, activation="sigmoid")])
     wide.compile(loss="binary_crossentropy")
     return wide, x, y
+
+
+def rescaled_linear_model(activation: str, seed: int, depth: int = 0):
+    """A planted model-axis effect: `depth` fixed layers that each multiply the input by √2
+    (Keras Rescaling, nothing to train) before one linear unit without bias, trained with mse.
+    The loss is the quadratic (1/n)|2^(depth/2) X w - y|², whose Hessian (2^(depth+1)/n) XᵀX is
+    constant: full-batch gradient descent is stable exactly below 2/λ_max, so each layer of
+    depth halves the stable learning rate (tests/test_model_axes.py)."""
+    import keras
+
+    x, y = rescaled_linear_data(seed)
+    model = keras.Sequential([keras.Input((3,))]
+                             + [keras.layers.Rescaling(2 ** 0.5) for _ in range(depth)]
+                             + [keras.layers.Dense(1, use_bias=False)])
+    model.compile(loss="mse")
+    return model, x, y
+
+
+def rescaled_linear_data(seed: int):
+    """`rescaled_linear_model`'s data: three nearly isotropic features, a linear target."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((256, 3)).astype("float32")
+    y = (x @ np.array([[1.0], [-0.5], [0.25]]) + 0.05 * rng.standard_normal((256, 1))).astype("float32")
+    return x, y
+
+
+def any_knobs(activation: str, seed: int, **knobs):
+    """A builder that takes any keyword argument: names reach the sweep's own column rules."""
+    return tiny_model(activation, seed)

@@ -57,19 +57,22 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..results.reports import CATEGORIES, ResultsError, arrow_table, open_checked, write_atomic
-from ..spec import SETTING_AXES, format_value
+from ..results.maps import setting_axes
+from ..results.reports import (CATEGORIES, MODEL_AXIS, ResultsError, added, arrow_table, model_fields, open_checked,
+                               read_checked, write_atomic)
+from ..spec import AXIS_DEFAULTS, SETTING_AXES, format_value
 from ..verdict import ORCHESTRATOR_STATUSES, STATUSES
 
 CONDITIONS_FILE = "conditions.parquet"
 
-# The axes a rule may name, in the order its terms are written and ties are broken.
+# The axes a rule may name, in the order its terms are written and ties are broken; a study's
+# model knobs (`maps.setting_axes`) follow them.
 RULE_AXES = ("learning_rate", *SETTING_AXES)
 FAILURE_STATUSES = tuple(s for s in STATUSES if s != "stable")
 MAX_TERMS = 4
@@ -87,13 +90,24 @@ CONDITION_COLUMNS = pa.schema([
     ("n_terms", pa.int64()),
     ("learning_rate_min", pa.float64()),  # null: no lower bound
     ("learning_rate_max", pa.float64()),  # null: no upper bound
-    *[(f"{a}_in", pa.list_(pa.string())) for a in SETTING_AXES],  # spec.format_value's text; null: any
+    # spec.format_value's text; null: any. An axis added since (`spec.AXIS_DEFAULTS`) came with schema 4.
+    *[added(f"{a}_in", pa.list_(pa.string()), "4") if a in AXIS_DEFAULTS else (f"{a}_in", pa.list_(pa.string()))
+      for a in SETTING_AXES],
     ("precision", pa.float64()),  # share of the matched runs that have the status
     ("coverage", pa.float64()),  # share of the status's runs that are matched
     ("n_runs", pa.int64()),  # runs with the status
     ("n_matched", pa.int64()),  # runs the rule matches
     ("n_considered", pa.int64()),  # runs the rule was measured over (training statuses: no error/timeout)
 ])
+
+
+def condition_schema(knobs: Sequence[str]) -> pa.Schema:
+    """The conditions columns of a study with these model knobs: a `<knob>_in` each, marked as a
+    knob's (`reports.MODEL_AXIS`), after the sweep's own axes' conditions."""
+    i = CONDITION_COLUMNS.get_field_index(f"{SETTING_AXES[-1]}_in") + 1
+    fields = list(CONDITION_COLUMNS)
+    extra = [pa.field(f"{k}_in", pa.list_(pa.string()), metadata=MODEL_AXIS) for k in knobs]
+    return pa.schema(fields[:i] + extra + fields[i:], metadata=CONDITION_COLUMNS.metadata)
 
 
 @dataclass(frozen=True)
@@ -166,12 +180,13 @@ class _Space:
     runs: np.ndarray  # runs per cell
     hits: np.ndarray  # runs with the target per cell
     terms: list  # candidate terms, in tie-break order
-    axis_of: np.ndarray  # index into RULE_AXES of each term
+    axis_of: np.ndarray  # index into the rule axes (RULE_AXES, then the knobs) of each term
     rows: np.ndarray  # terms x cells, 0 / 1
 
 
 def _space(trials: pd.DataFrame, target: np.ndarray) -> _Space:
-    axes = [a for a in RULE_AXES if a in trials.columns]
+    rule_axes = ("learning_rate", *setting_axes(trials))
+    axes = [a for a in rule_axes if a in trials.columns]
     codes, values = [], []
     for axis in axes:
         if axis == "learning_rate":
@@ -200,12 +215,12 @@ def _space(trials: pd.DataFrame, target: np.ndarray) -> _Space:
                 bounds = (None if lo == 0 else grid[lo], None if hi == len(grid) - 1 else grid[hi])
                 terms.append((axis, "range", bounds))
                 rows.append((code >= lo) & (code <= hi))
-                axis_of.append(RULE_AXES.index(axis))
+                axis_of.append(rule_axes.index(axis))
         else:
             for subset in _subsets(code, runs, hits, len(values[k])):
                 terms.append((axis, "in", tuple(values[k][i] for i in subset)))
                 rows.append(np.isin(code, subset))
-                axis_of.append(RULE_AXES.index(axis))
+                axis_of.append(rule_axes.index(axis))
     # Integer products are exact and run in numpy's own loops: a BLAS thread pool on a busy
     # machine made the float form ten times slower.
     matrix = np.array(rows, dtype=np.int64).reshape(len(rows), len(cells))
@@ -277,7 +292,11 @@ def _search(space: _Space, n_target: int, max_terms: int) -> tuple[tuple[int, ..
 
 def conditions(trials: pd.DataFrame, max_terms: int = MAX_TERMS) -> pd.DataFrame:
     """One row per failure status present in `trials` (in `verdict.STATUSES` order): its rule."""
-    return _typed(arrow_table(_condition_rows(trials, max_terms), CONDITION_COLUMNS))
+    return _typed(arrow_table(_condition_rows(trials, max_terms), _schema_of(trials)))
+
+
+def _schema_of(trials: pd.DataFrame) -> pa.Schema:
+    return condition_schema(setting_axes(trials)[len(SETTING_AXES):])
 
 
 def _condition_rows(trials: pd.DataFrame, max_terms: int) -> list[dict]:
@@ -319,7 +338,8 @@ def rule_of(row: Any) -> Rule:
     if given(low) or given(high):
         terms.append(("learning_rate", "range", (float(low) if given(low) else None,
                                                  float(high) if given(high) else None)))
-    for axis in SETTING_AXES:
+    knobs = [k[:-3] for k in row.keys() if k.endswith("_in") and k not in CONDITION_COLUMNS.names]
+    for axis in (*SETTING_AXES, *knobs):
         values = row.get(f"{axis}_in")
         if given(values):
             terms.append((axis, "in", tuple(str(v) for v in values)))
@@ -362,7 +382,7 @@ def _typed(table: pa.Table) -> pd.DataFrame:
 
 def write(study_dir: str | os.PathLike, trials: pd.DataFrame) -> pd.DataFrame:
     """`conditions.parquet` of a study directory, rebuilt from its trials (atomically); returns it."""
-    table = arrow_table(_condition_rows(trials, MAX_TERMS), CONDITION_COLUMNS)
+    table = arrow_table(_condition_rows(trials, MAX_TERMS), _schema_of(trials))
     write_atomic(table, Path(study_dir) / CONDITIONS_FILE)
     return _typed(table)
 
@@ -372,7 +392,8 @@ def load_conditions(path: str | os.PathLike) -> pd.DataFrame:
     p = Path(path) / CONDITIONS_FILE
     if not p.is_file():
         raise ResultsError(f"{p}: no such file; it is written from the study's trials with its maps")
-    return _typed(open_checked(p, CONDITION_COLUMNS).read(columns=CONDITION_COLUMNS.names).cast(CONDITION_COLUMNS))
+    pf = open_checked(p, CONDITION_COLUMNS)
+    return _typed(read_checked(pf, condition_schema([f.name[:-3] for f in model_fields(pf.schema_arrow)])))
 
 
 def lines(conditions_df: pd.DataFrame) -> list[str]:

@@ -1,9 +1,11 @@
 """Effects: which knob moves the stability edge, and by how much.
 
-For every setting axis a study varies, each of its values is compared with the
-axis's *reference* (no clipping for the clip axes, scaler "none", otherwise the
-example's default; the study's most common value when the reference was not
-swept) over *pairs* of settings that differ in that axis only:
+For every setting axis a study varies (a model knob of `[grid.model]` too), each of its
+values is compared with the axis's *reference* (no clipping for the clip axes, scaler
+"none", otherwise the example's default, a catalog knob's declared default included; the
+study's most common value when the reference was not swept, ties to the first in order,
+which is always so for a user builder's knobs, whose defaults are not read) over *pairs*
+of settings that differ in that axis only:
 
 * the edge shift of a pair is edge(with the value) / edge(with the reference),
   the edge being a setting's `lr_unstable_min`. An open bracket is censored,
@@ -58,10 +60,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..results.maps import frame, is_stable, modal_status, table, typed_map
+from ..catalog import EXAMPLES
+from ..results.maps import frame, is_stable, modal_status, setting_axes, table, typed_map
 from ..results.tables import edge_move
 from ..results.reports import ResultsError, open_checked, write_atomic
-from ..spec import CATEGORICAL_AXES, CLIP_AXES, SETTING_AXES, example_defaults, format_value
+from ..spec import CATEGORICAL_AXES, CLIP_AXES, example_defaults, format_value
 
 EFFECTS_FILE = "effects.parquet"
 
@@ -104,19 +107,26 @@ _RULE_REFERENCE = {**{a: None for a in CLIP_AXES}, "scaler": "none"}
 
 
 def _key(axis: str, v) -> str:
-    """An axis value as an exact text key (clipping: repr of the float; absent: "none")."""
+    """An axis value as an exact text key (clipping: repr of the float; absent: "none"; a
+    boolean knob as TOML writes it)."""
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return "none"
     if axis in CLIP_AXES:
         return "none" if isinstance(v, str) and v.lower() == "none" else repr(float(v))
     if axis == "batch_size":
         return str(int(v))
+    if axis == "momentum":
+        return repr(float(v))
+    if isinstance(v, (bool, np.bool_)):
+        return format_value(v)
     return str(v)
 
 
 def _raw(axis: str, key: str):
     if axis in CLIP_AXES:
         return None if key == "none" else float(key)
+    if axis == "momentum":
+        return float(key)
     return int(key) if axis == "batch_size" else key
 
 
@@ -130,12 +140,19 @@ def _sort_key(axis: str, key: str):
     if axis in CATEGORICAL_AXES:
         allowed = CATEGORICAL_AXES[axis]
         return (allowed.index(key) if key in allowed else len(allowed), key)
-    return (-math.inf, key) if key == "none" else (float(key), key)
+    if key == "none":
+        return (-math.inf, key)
+    try:
+        return (float(key), key)
+    except ValueError:  # a knob's text values, in text order after any number
+        return (math.inf, key)
+
 
 
 def _prepare(map_df: pd.DataFrame, boundary_df: pd.DataFrame, cells: pd.Series | None = None
              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(cells, settings): the map's and boundary's setting axes as text keys, with what effects need."""
+    axes = list(setting_axes(boundary_df))
     ns = map_df["n_seeds"].to_numpy(dtype=np.int64)
     nk = map_df["n_stable"].to_numpy(dtype=np.int64)
     # maps.is_stable is the rule; it is looked up once per distinct (n_seeds, n_stable).
@@ -143,19 +160,19 @@ def _prepare(map_df: pd.DataFrame, boundary_df: pd.DataFrame, cells: pd.Series |
     rule = np.array([is_stable({"n_seeds": int(a), "n_stable": int(b)}) for a, b in combos], dtype=bool)
     if cells is not None and not cells.index.equals(map_df.index):
         raise ValueError("cells must be a boolean mask over map_df's rows (the same index)")
-    c = pd.DataFrame({a: _keys(map_df[a], a) for a in SETTING_AXES})
+    c = pd.DataFrame({a: _keys(map_df[a], a) for a in axes})
     c["learning_rate"] = map_df["learning_rate"].to_numpy(dtype=float)
     c["trained"] = ns > 0
     c["stable"] = rule[inverse.ravel()] if len(ns) else np.zeros(0, bool)
     c["masked"] = True if cells is None else cells.to_numpy(dtype=bool)
 
-    s = pd.DataFrame({a: _keys(boundary_df[a], a) for a in SETTING_AXES})
+    s = pd.DataFrame({a: _keys(boundary_df[a], a) for a in axes})
     smin = boundary_df["lr_stable_min"].to_numpy(dtype=float)
     smax = boundary_df["lr_stable_max"].to_numpy(dtype=float)
     umin = boundary_df["lr_unstable_min"].to_numpy(dtype=float)
-    first = (c[c["trained"]].groupby(list(SETTING_AXES))["learning_rate"].min()
+    first = (c[c["trained"]].groupby(axes)["learning_rate"].min()
              .rename("first_lr").reset_index())
-    first_lr = s.merge(first, on=list(SETTING_AXES), how="left")["first_lr"].to_numpy(dtype=float)
+    first_lr = s.merge(first, on=axes, how="left")["first_lr"].to_numpy(dtype=float)
     exact, to_end = ~np.isnan(umin), np.isnan(umin) & ~np.isnan(smin)
     # Edge bracket: exact; above lr_stable_max (stable to the grid's end); at or below the
     # smallest trained learning rate (nothing stable; nothing trained: anywhere).
@@ -170,7 +187,8 @@ def _prepare(map_df: pd.DataFrame, boundary_df: pd.DataFrame, cells: pd.Series |
 def _pairs(prep: tuple[pd.DataFrame, pd.DataFrame], axis: str, vkey: str, rkey: str,
            masked_only: bool = False) -> pd.DataFrame:
     cells, settings = prep
-    others = [a for a in SETTING_AXES if a != axis]
+    # The setting axes are the settings' columns before what `_prepare` adds (edge_low first).
+    others = [a for a in settings.columns[:settings.columns.get_loc("edge_low")] if a != axis]
     ref = settings[settings[axis] == rkey].drop(columns=axis)
     val = settings[settings[axis] == vkey].drop(columns=axis)
     pairs = ref.merge(val, on=others, suffixes=("_reference", "_value"), validate="one_to_one")
@@ -204,7 +222,7 @@ def pair_shifts(map_df: pd.DataFrame, boundary_df: pd.DataFrame, axis: str, valu
     """One row per pair of settings differing in `axis` only (value vs reference): the shared
     axes (as text keys), both edge brackets, the shift interval `shift_low`..`shift_high`,
     `direction`, both stable ranges and `range_change` (decades), `n_failing_cells`, `n_rescued`."""
-    _check_axis(axis)
+    _check_axis(axis, boundary_df)
     return _pairs(_prepare(map_df, boundary_df), axis, _key(axis, value), _key(axis, reference))
 
 
@@ -249,9 +267,9 @@ def _summary(pairs: pd.DataFrame) -> dict:
     return out
 
 
-def _check_axis(axis: str) -> None:
-    if axis not in SETTING_AXES:
-        raise ValueError(f"axis {axis!r} is not a setting axis; allowed: {', '.join(SETTING_AXES)}")
+def _check_axis(axis: str, boundary_df: pd.DataFrame) -> None:
+    if axis not in (axes := setting_axes(boundary_df)):
+        raise ValueError(f"axis {axis!r} is not a setting axis; allowed: {', '.join(axes)}")
 
 
 def _identity(boundary_df: pd.DataFrame) -> dict:
@@ -266,23 +284,27 @@ def axis_effect(map_df: pd.DataFrame, boundary_df: pd.DataFrame, axis: str, valu
 
     `cells`, a boolean mask over map_df's rows, restricts the failing cells to the masked
     reference cells and the pairs to those whose reference setting has a masked cell."""
-    _check_axis(axis)
+    _check_axis(axis, boundary_df)
     vkey, rkey = _key(axis, value), _key(axis, reference)
     pairs = _pairs(_prepare(map_df, boundary_df, cells), axis, vkey, rkey, masked_only=cells is not None)
     return {**_identity(boundary_df), "axis": axis, "value": format_value(_raw(axis, vkey)),
             "reference": format_value(_raw(axis, rkey)), "reference_source": "given", **_summary(pairs)}
 
 
-def _nominal(example: str) -> dict:
-    defaults = example_defaults(example)
-    return {a: _RULE_REFERENCE.get(a, defaults.get(a)) for a in SETTING_AXES}
+def _nominal(example: str, axes: tuple[str, ...]) -> dict:
+    """The reference each axis has by rule: a catalog knob's declared default; a user builder's
+    knob has none here (its signature is the user's code, which readers never import)."""
+    defaults = {**example_defaults(example),
+                **({k: knob.default for k, knob in EXAMPLES[example].knobs.items()} if example in EXAMPLES else {})}
+    return {a: _RULE_REFERENCE.get(a, defaults.get(a)) for a in axes}
 
 
 def reference_values(example: str, boundary_df: pd.DataFrame) -> dict[str, object]:
     """Each setting axis's reference: no clipping, scaler "none", otherwise the example's default;
     where the study did not sweep that value, the value most of its settings have."""
-    out = _nominal(example)
-    for axis in SETTING_AXES:
+    axes = setting_axes(boundary_df)
+    out = _nominal(example, axes)
+    for axis in axes:
         keys = pd.Series(_keys(boundary_df[axis], axis)) if axis in boundary_df else pd.Series([], dtype=object)
         if keys.empty or (keys == _key(axis, out[axis])).any():
             continue
@@ -298,12 +320,13 @@ def _effect_rows(map_df: pd.DataFrame, boundary_df: pd.DataFrame, reference: dic
     identity = _identity(boundary_df)
     given = dict(reference or {})
     for axis in given:
-        _check_axis(axis)
+        _check_axis(axis, boundary_df)
+    axes = setting_axes(boundary_df)
     refs = {**reference_values(identity["example"], boundary_df), **given}
-    nominal = _nominal(identity["example"])
+    nominal = _nominal(identity["example"], axes)
     prep = _prepare(map_df, boundary_df)
     rows = []
-    for axis in SETTING_AXES:
+    for axis in axes:
         present = sorted(set(prep[1][axis]), key=lambda k: _sort_key(axis, k))
         rkey = _key(axis, refs[axis])
         if len(present) < 2:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from ..results import faults
-from ..spec import AXES, Config, Study
+from ..spec import Config, Study
 from .optuna_journal import JOURNAL, append_trials, journal_copy_class, open_storage, sync
 
 if TYPE_CHECKING:
@@ -65,14 +65,14 @@ def _param(v):
 
 
 def varying_axes(study: Study) -> list[str]:
-    """The axes with more than one value: the study's Optuna params."""
-    return [a for a in AXES if len(study.grid[a]) > 1]
+    """The axes with more than one value (model knobs too): the study's Optuna params."""
+    return [a for a in study.axes if len(study.values(a)) > 1]
 
 
 def distributions(study: Study) -> dict:
     from optuna.distributions import CategoricalDistribution
 
-    return {a: CategoricalDistribution([_param(v) for v in study.grid[a]]) for a in varying_axes(study)}
+    return {a: CategoricalDistribution([_param(v) for v in study.values(a)]) for a in varying_axes(study)}
 
 
 def _plain(v):
@@ -126,7 +126,7 @@ def config_trial(config: Config, rows: Sequence[Mapping], dists: dict) -> dict:
     from optuna.trial import TrialState
 
     value, unstable, attrs = config_outcome(rows)
-    params = {a: _param(getattr(config, a)) for a in dists}
+    params = {a: _param(config.value(a)) for a in dists}
     attrs["config_id"] = rows[0]["config_id"]
     if value is None:
         return {"params": params, "state": TrialState.FAIL, "value": None, "user_attrs": attrs, "system_attrs": {}}

@@ -26,7 +26,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..spec import Study
+from ..spec import Study, format_value
 from ..verdict import STATUSES
 
 # How often the plain form prints: often enough to show life in a log, rarely enough to read.
@@ -94,7 +94,9 @@ def plan_text(study: Study) -> list:
     table.add_column("axis")
     table.add_column("values")
     for axis, values in study.grid.items():
-        table.add_row(axis, ", ".join("none" if v is None else str(v) for v in values))
+        table.add_row(axis, ", ".join(format_value(v) for v in values))
+    for knob, values in study.model.items():
+        table.add_row(f"model.{knob}", ", ".join(format_value(v) for v in values))
     table.add_row("seeds", ", ".join(map(str, study.seeds)))
     out = [table, f"{len(study.configs())} configurations x {len(study.seeds)} seeds = {len(study.plan())} runs"]
     if (s := study.sharpness) is not None:

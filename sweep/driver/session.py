@@ -38,18 +38,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..answers import conditions, effects
 from ..catalog import EXAMPLES
 from ..engines import Engine
 from ..results import faults, maps, rejudge, reports
-from ..spec import Run, Study
+from ..spec import AXIS_DEFAULTS, Run, Study
 from .optuna_journal import JOURNAL
 from .optuna_study import OptunaRecord
 from .pool import Pool, Waiting, batch_limit, batch_size
 from .samplers import DEFAULT_TPE_TRIALS, get_sampler
 from .workers import as_engine, engine_name
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 STUDY_META = "study.json"
 LOCK_FILE = ".driver.lock"
@@ -101,17 +104,23 @@ def engine_for(study: Study, requested: "str | Engine | None") -> "str | Engine"
 
 def engine_line(study: Study, requested: str | None) -> str:
     """What `sweep run` says at the start about the engine, and, when the population engine
-    cannot express the study's model, that its runs train on the keras engine and why."""
+    cannot express the study's model or some of its runs, that they train on the keras engine and why."""
     name = engine_for(study, requested)
-    if name != "population" or study.example in EXAMPLES:  # the catalog's models are all Dense stacks
+    if name != "population":
         return f"engine: {name}"
+    note = ""
+    if any(v != AXIS_DEFAULTS["precision"] for v in study.grid["precision"]):
+        note = " (runs in mixed precision train on the keras engine, run by run: the population engine computes in float32)"
+    if study.example in EXAMPLES:  # the catalog's models are all Dense stacks
+        return f"engine: population{note}"
     from ..engines.population import PopulationEngine, Unsupported
 
+    first = dataclasses.replace(study.configs()[0], precision=AXIS_DEFAULTS["precision"])
     try:
-        PopulationEngine.check(study, Run(0, study.configs()[0], study.seeds[0]))
+        PopulationEngine.check(study, Run(0, first, study.seeds[0]))
     except Unsupported as why:
         return f"engine: keras, run by run (the population engine cannot express this model: {why})"
-    return "engine: population"
+    return f"engine: population{note}"
 
 
 def planned_runs(study: Study) -> int:
@@ -144,6 +153,7 @@ def prepare_dir(study: Study, results: str | os.PathLike) -> Path:
     # spec.parse allows plain file names only; a Study made in code is held to the same.
     if out.parent != Path(results) or study.name in ("", ".", ".."):
         raise ValueError(f"study name {study.name!r}: not a plain file name, it would leave {results}")
+    maps.check_knob_names(study)  # before anything is written: a knob's column must not clash
     meta_path = out / STUDY_META
     digest = study.plan_digest()
     try:
@@ -254,7 +264,7 @@ def _loop(study, out, done, sampler, pool, record, summary, max_trials, limit, p
           started) -> None:
     scheduled: set[tuple[str, int]] = set()         # proposed and not yet returned
     taken = {int(r["trial"]) for r in done.values()}
-    buffer = _RowBuffer()
+    buffer = _RowBuffer(schema=reports.trial_schema(study))
     sampler_waits = False                            # nothing new until a result arrives
     phases = summary.phases
     stuck = False
@@ -326,6 +336,7 @@ def _propose(study: Study, done: dict, sampler, scheduled: set, taken: set, budg
 class _RowBuffer:
     """Rows trained but not yet committed, with their curves."""
 
+    schema: "pa.Schema"  # the study's trials columns (`reports.trial_schema`)
     rows: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
     oldest: float = 0.0  # time.monotonic() of the first row
@@ -342,7 +353,7 @@ class _RowBuffer:
     def commit(self, out: Path, record: OptunaRecord, done: dict, phases: Counter) -> None:
         """One part file in trials/ (and curves/), then the Optuna copy."""
         t0 = time.perf_counter()
-        reports.write_batch(out, self.rows, self.curves)
+        reports.write_batch(out, self.rows, self.curves, self.schema)
         faults.point("write.trials")
         t1 = time.perf_counter()
         record.record(self.rows, done)

@@ -7,7 +7,8 @@ does inside, these facts are shared so that engines agree run for run:
 * the data of a run: the example's data set for the study's `data_seed`,
   scaled by the run's scaler (`problem`);
 * the initial weights: the Keras model the builder gives after
-  `keras.utils.set_random_seed(seed)`;
+  `keras.utils.set_random_seed(seed)`, called with the run's activation and the model knobs
+  its configuration sets (`Config.knobs`, the study's `[grid.model]`);
 * the batch order of every epoch: `batch_order(seed, epoch, n)`.
 
 Besides the two engines (`keras_engine`, `population`) this package holds what they run
@@ -22,9 +23,10 @@ curvature telemetry). May import the study file, the catalog and the verdict rul
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -61,6 +63,10 @@ class Outcome:
     # was no longer finite. Empty when not measured.
     sharpness: dict[int, float] = field(default_factory=dict)
     precond_sharpness: dict[int, float] = field(default_factory=dict)
+    # mixed_float16 with loss scaling: batches whose update Keras's LossScaleOptimizer skipped
+    # (scaled gradients not finite; the scale halved), and the scale at the end. None without.
+    skipped_steps: int | None = None
+    final_loss_scale: float | None = None
 
 
 class Engine(Protocol):
@@ -118,17 +124,38 @@ def user_builder(study: "Study"):
     return getattr(builder_module(module_name, study.search_path), attr)
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Keras's default dtype policy set to `name` while a model is built (its layers take it when
+    made), the previous one back after. Keras keeps it per thread."""
+    import keras
+
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
 def problem(study: "Study", config: "Config", seed: int) -> Problem:
-    """Build the run's model under its seed, with its data and loss."""
+    """Build the run's model under its seed and its precision (a Keras dtype policy), with its
+    data and loss. The builder receives the configuration's knobs as keyword arguments; knobs
+    the study does not name keep the builder's defaults."""
+    with dtype_policy(config.precision):
+        return _problem(study, config, seed)
+
+
+def _problem(study: "Study", config: "Config", seed: int) -> Problem:
     import keras
 
     keras.utils.set_random_seed(seed)
     if study.example in EXAMPLES:
         ex = EXAMPLES[study.example]
         x, y = example_data(study.example, study.data_seed, config.scaler)
-        model = ex.build(config.activation, x.shape[1])
+        model = ex.build(config.activation, x.shape[1], **config.knobs)
         return Problem(model, x, y, make_loss(config.loss), ex.accuracy)
-    built = user_builder(study)(activation=config.activation, seed=study.data_seed)
+    built = user_builder(study)(activation=config.activation, seed=study.data_seed, **config.knobs)
     if not (isinstance(built, tuple) and len(built) == 3 and isinstance(built[0], keras.Model)):
         raise TypeError(f"{study.example} must return (keras.Model, x, y); it returned {type(built).__name__}")
     model, x, y = built
@@ -161,18 +188,40 @@ def check_builder(study: "Study") -> None:
     from ..spec import STUDY_FIELDS, SpecError
 
     import_tensorflow()
+    first = study.configs()[0]
     try:
-        problem(study, study.configs()[0], study.seeds[0])
+        problem(study, first, study.seeds[0])
     except Exception as exc:  # whatever the user's code does wrong, it is their input
         raise SpecError(study.path, [("study.example", f"calling {study.example!r} failed: {type(exc).__name__}: "
                                       f"{exc}; allowed: {STUDY_FIELDS['example'].allowed}, a function (activation: str, "
-                                      "seed: int) -> (keras.Model compiled with its loss, x, y)")]) from None
+                                      "seed: int, **knobs) -> (keras.Model compiled with its loss, x, y)")]) from None
+    # Every value of every knob once (the others at the first configuration's), so that a value
+    # the builder cannot build with is named before anything is written.
+    problems = []
+    for name, values in study.model.items():
+        for v in values[1:]:
+            config = replace(first, model=tuple((k, v if k == name else w) for k, w in first.model))
+            try:
+                problem(study, config, study.seeds[0])
+            except Exception as exc:  # the user's code, given this value
+                problems.append((f"grid.model.{name}", f"{study.example}(..., {name}={v!r}) failed: "
+                                 f"{type(exc).__name__}: {exc}"))
+    if problems:
+        raise SpecError(study.path, problems)
 
 
 def make_optimizer(config: "Config"):
-    """The Keras optimizer of a configuration, with its one kind of clipping."""
+    """The Keras optimizer of a configuration, with its one kind of clipping (and SGD's momentum
+    and Nesterov flag); for mixed_float16 with loss scaling, wrapped in Keras's dynamic
+    `LossScaleOptimizer` as `model.compile` wraps it (compile the model with
+    `auto_scale_loss=False` then, and take gradients of `optimizer.scale_loss(loss)`)."""
     import keras
 
     kinds = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
-    clip = {k: getattr(config, k) for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(config, k) is not None}
-    return kinds[config.optimizer](learning_rate=config.learning_rate, **clip)
+    kwargs = {k: getattr(config, k) for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(config, k) is not None}
+    if config.optimizer == "sgd":
+        kwargs.update(momentum=float(config.momentum), nesterov=bool(config.nesterov))
+    optimizer = kinds[config.optimizer](learning_rate=config.learning_rate, **kwargs)
+    if config.precision == "mixed_float16" and config.loss_scaling:
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

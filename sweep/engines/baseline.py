@@ -134,7 +134,8 @@ def baseline_loss(study: "Study", config: "Config") -> float:
     """ℓc of a run: its targets (the study's data set) under its loss, once per process. NaN when
     a user's loss cannot be evaluated on a constant: the column shows it, and the verdict falls
     back to l0 alone rather than failing a run that trained."""
-    key = (study.example, study.data_seed, config.loss)
+    # A user builder's knobs may change its data or its output layer; a catalog knob changes neither.
+    key = (study.example, study.data_seed, config.loss, () if study.example in EXAMPLES else config.model)
     if key not in _cache:
         try:
             _cache[key] = _compute(study, config)

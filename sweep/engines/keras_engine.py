@@ -6,7 +6,11 @@ loss, `optimizer.apply_gradients` (which does the clipping), and Keras's
 out only to see what `model.fit` hides: the unclipped gradient norm at every
 step, whether clipping acted, and the first step at which anything turned
 non-finite (training stops there). The epoch loss and accuracy are what
-`model.fit` reports: batch means weighted by batch size. With `[telemetry]
+`model.fit` reports: batch means weighted by batch size. A mixed-precision run builds its
+model under its Keras dtype policy and, for mixed_float16, trains through Keras's dynamic
+`LossScaleOptimizer` unless its loss scaling is off: a batch whose scaled gradients overflow
+is a skipped update (Keras halves the scale), counted in `skipped_steps`, not a non-finite
+run; its gradient norm and clipping are read unscaled. With `[telemetry]
 sharpness` on, the curvature of the whole training set's loss is measured at
 initialisation and after every N-th epoch (`curvature`, `sweep.engines.sharpness`).
 
@@ -84,6 +88,14 @@ def curvature(model, loss_fn, x, y, optimizer, kind: str, iterations: int):
     return probe
 
 
+def as_float32(pred):
+    """A mixed-precision model's predictions as the loss sees them: cast to float32, as Keras's
+    compiled losses cast them (a float32 prediction is passed through as it is)."""
+    import tensorflow as tf
+
+    return pred if pred.dtype == tf.float32 else tf.cast(pred, tf.float32)
+
+
 def record_curvature(out: Outcome, epoch: int, probe, kind: str, initial: bool = False) -> None:
     sharp, precond = probe(initial)
     out.sharpness[epoch] = float(sharp[0])
@@ -99,8 +111,10 @@ def train_one(study: Study, config: Config, seed: int) -> Outcome:
     p = problem(study, config, seed)
     model, x, y = p.model, p.x, p.y
     optimizer = make_optimizer(config)
-    # compile gives the callback its model.optimizer; training below is ours.
-    model.compile(optimizer=optimizer, loss=p.loss_fn)
+    scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    # compile gives the callback its model.optimizer; training below is ours. The optimizer is
+    # already wrapped for loss scaling where Keras's compile would wrap it (`make_optimizer`).
+    model.compile(optimizer=optimizer, loss=p.loss_fn, auto_scale_loss=False)
     variables = model.trainable_variables
     optimizer.build(variables)
     accuracy_fn = keras.metrics.binary_accuracy if p.accuracy == "binary" else keras.metrics.categorical_accuracy
@@ -108,16 +122,25 @@ def train_one(study: Study, config: Config, seed: int) -> Outcome:
     @tf.function(reduce_retracing=True)
     def step(xb, yb):
         with tf.GradientTape() as tape:
-            pred = model(xb, training=True)
+            pred = as_float32(model(xb, training=True))
             loss = p.loss_fn(yb, pred)
-        grads = tape.gradient(loss, variables)
-        norm = tf.linalg.global_norm(grads)
-        acted = clipping_acted(config, grads, norm)
+            scaled = optimizer.scale_loss(loss)  # the loss itself without loss scaling
+        grads = tape.gradient(scaled, variables)
+        # What the update uses: the gradients unscaled by the scale before this step, which
+        # LossScaleOptimizer applies only if every one is finite.
+        applied = tf.constant(True)
+        if scaling:
+            applied = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+            grads_used = [g / optimizer.dynamic_scale for g in grads]
+        else:
+            grads_used = grads
+        norm = tf.linalg.global_norm(grads_used)
+        acted = clipping_acted(config, grads_used, norm)
         optimizer.apply_gradients(zip(grads, variables))
         finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
-        return loss, tf.reduce_mean(accuracy_fn(yb, pred)), norm, acted, finite
+        return loss, tf.reduce_mean(accuracy_fn(yb, pred)), norm, acted, finite, applied
 
-    pred0 = model(x, training=False)
+    pred0 = as_float32(model(x, training=False))
     out = Outcome(
         initial_loss=float(p.loss_fn(y, pred0)),
         initial_accuracy=float(np.mean(accuracy_fn(y, pred0))),
@@ -142,6 +165,8 @@ def train_one(study: Study, config: Config, seed: int) -> Outcome:
 
     n, bs = len(x), config.batch_size
     norms, steps = [], 0
+    if scaling:
+        out.skipped_steps = 0
     for epoch in range(1, study.epochs + 1):
         lr = float(np.asarray(optimizer.learning_rate))
         order = batch_order(seed, epoch, n)
@@ -149,18 +174,22 @@ def train_one(study: Study, config: Config, seed: int) -> Outcome:
         seen, epoch_norm_max = 0, 0.0
         for start in range(0, n, bs):
             idx = order[start:start + bs]
-            loss, acc, norm, acted, finite = step(x[idx], y[idx])
-            loss, norm = float(loss), float(norm)
-            norms.append(norm)
+            loss, acc, norm, acted, finite, applied = step(x[idx], y[idx])
+            loss, norm, skipped = float(loss), float(norm), not bool(applied)
             loss_sum += loss * len(idx)
             acc_sum += float(acc) * len(idx)
             seen += len(idx)
-            epoch_norm_max = max(epoch_norm_max, norm) if np.isfinite(norm) else norm
-            if not (np.isfinite(loss) and np.isfinite(norm) and bool(finite)):
+            if not skipped:  # a skipped update has no gradient that acted: no norm, no clipping
+                norms.append(norm)
+                epoch_norm_max = max(epoch_norm_max, norm) if np.isfinite(norm) else norm
+            if not (np.isfinite(loss) and (skipped or np.isfinite(norm)) and bool(finite)):
                 out.first_nonfinite_step = steps
                 break
             steps += 1
-            out.clipped_steps += int(bool(acted))
+            if skipped:
+                out.skipped_steps += 1
+            else:
+                out.clipped_steps += int(bool(acted))
         out.epoch_loss.append(loss_sum / seen)
         out.epoch_accuracy.append(acc_sum / seen)
         out.epoch_grad_norm_max.append(epoch_norm_max)
@@ -172,6 +201,8 @@ def train_one(study: Study, config: Config, seed: int) -> Outcome:
         if plateau is not None:
             plateau.on_epoch_end(epoch - 1, {"loss": out.epoch_loss[-1]})
     out.grad_norms = np.asarray(norms, dtype=np.float64)
+    if scaling:
+        out.final_loss_scale = float(optimizer.dynamic_scale.numpy())
     out.wall_seconds = time.perf_counter() - started
     return out
 

@@ -55,21 +55,27 @@ import numpy as np
 START_SEED = 20210226
 
 
-def stability_threshold(optimizer: str) -> float:
+def stability_threshold(optimizer: str, momentum: float = 0.0, nesterov: bool = False) -> float:
     """The threshold η·λ stays below for a stable update on a quadratic (Cohen et al. 2021,
-    2022): 2 for gradient descent; (2 + 2β₁)/(1 − β₁) for Adam (38 at Keras's β₁ = 0.9),
-    on the preconditioned sharpness; 2 for RMSProp, which the 2022 paper treats as the β₁ = 0
-    case of the same analysis.
+    2022): 2 for gradient descent; 2 + 2β with SGD's momentum β (heavy ball: the root −1 of
+    z² − (1 + β − ηλ)z + β), (2 + 2β)/(1 + 2β) with Nesterov's as Keras writes it (the gradient
+    at the current weights; Cohen et al. 2021, appendix on momentum); (2 + 2β₁)/(1 − β₁) for
+    Adam (38 at Keras's β₁ = 0.9), on the preconditioned sharpness; 2 for RMSProp, which the
+    2022 paper treats as the β₁ = 0 case of the same analysis.
 
     >>> [round(stability_threshold(o), 6) for o in ("sgd", "adam", "rmsprop")]
     [2.0, 38.0, 2.0]
+    >>> stability_threshold("sgd", 0.9), round(stability_threshold("sgd", 0.9, nesterov=True), 6)
+    (3.8, 1.357143)
     """
     from .population.step import ADAM
 
     if optimizer == "adam":
         b1 = ADAM["beta_1"]
         return round((2 + 2 * b1) / (1 - b1), 9)  # 38, not 37.99999999999999 (0.9 is inexact)
-    if optimizer in ("sgd", "rmsprop"):
+    if optimizer == "sgd":
+        return (2 + 2 * momentum) / (1 + 2 * momentum) if nesterov else 2 + 2 * momentum
+    if optimizer == "rmsprop":
         return 2.0
     raise ValueError(f"no stability threshold for optimizer {optimizer!r}")
 

@@ -23,7 +23,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..engines.sharpness import stability_threshold
-from ..spec import SETTING_AXES, format_value
+from ..results import maps
+from ..spec import format_value
 
 PREDICTIONS = {"lr_predicted_init": ("o", "from the initialised model"),
                "lr_predicted_early": ("s", "from early training, at the last stable learning rate")}
@@ -42,7 +43,7 @@ def predicted_edge(boundary_df: pd.DataFrame, path: str | Path, title: str) -> P
     df = boundary_df[boundary_df["lr_stable_max"].notna()]
     if not has_curvature(boundary_df) or df.empty:
         return None
-    varying = [a for a in SETTING_AXES if boundary_df[a].astype(object).nunique(dropna=False) > 1]
+    varying = [a for a in maps.setting_axes(boundary_df) if boundary_df[a].astype(object).nunique(dropna=False) > 1]
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.subplots()
     lo = df["lr_stable_max"].to_numpy(float)

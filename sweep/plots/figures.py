@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from ..catalog import EXAMPLES, Example
 from ..results import maps, reports
 from ..results.tables import SMALL_STUDY, edge_rank, top_axes
-from ..spec import CLIP_AXES, SETTING_AXES, config_from_dict
+from ..spec import CLIP_AXES, config_from_dict
 from ..spec import format_value as _fmt
 
 PLOTS_DIR = "plots"
@@ -67,9 +67,10 @@ def _row_label(row, axes: list[str]) -> str:
 def pstable_heatmap(map_df: pd.DataFrame, path: Path, title: str) -> Path:
     """P(stable) per (row setting, learning rate), one panel per activation x scaler."""
     df = map_df.copy()
-    row_axes = [a for a in _varying(df, SETTING_AXES) if a not in FACET_AXES]
+    setting = maps.setting_axes(df)
+    row_axes = [a for a in _varying(df, setting) if a not in FACET_AXES]
     # Clipping first, so rows read "no clipping", "clipnorm=0.1", ... as the issue's axis.
-    row_axes.sort(key=lambda a: (a not in CLIP_AXES, SETTING_AXES.index(a)))
+    row_axes.sort(key=lambda a: (a not in CLIP_AXES, setting.index(a)))
     df["_row"] = [_row_label(r, row_axes) for _, r in df.iterrows()]
     facets = [(a, s) for a in df["activation"].cat.categories for s in df["scaler"].cat.categories
               if ((df["activation"] == a) & (df["scaler"] == s)).any()]
@@ -119,7 +120,7 @@ def edge_vs_batch(boundary_df: pd.DataFrame, path: Path, title: str, group_axis:
     df = boundary_df
     if df["batch_size"].nunique() < 2:
         return None
-    line_axes = [a for a in _varying(df, SETTING_AXES) if a not in ("batch_size", "optimizer")]
+    line_axes = [a for a in _varying(df, maps.setting_axes(df)) if a not in ("batch_size", "optimizer")]
     optimizers = [o for o in df["optimizer"].cat.categories if (df["optimizer"] == o).any()]
     n_lines = df[line_axes].astype(object).drop_duplicates().shape[0] if line_axes else 1
     median = n_lines > MAX_LINES and group_axis in line_axes
@@ -219,7 +220,7 @@ def write_plots(study_dir: str | os.PathLike) -> list[Path]:
     written = []
     if len(map_df):
         effects_df = effects(map_df, boundary_df)
-        ranked = top_axes(effects_df, boundary_df, n=len(SETTING_AXES))
+        ranked = top_axes(effects_df, boundary_df, n=len(maps.setting_axes(boundary_df)))
         if len(boundary_df) <= SMALL_STUDY:  # beyond, one row per setting is unreadable: pstable_by_<axis>
             written.append(pstable_heatmap(map_df, out / PLOTS_DIR / "pstable.png",
                                            f"{name} ({example})\nP(stable) over seeds; grey: not run"))

@@ -131,13 +131,16 @@ def _text(v) -> str:
 
 def hparam_value(axis: str, v) -> str | float | int:
     """A value of an axis (or `seed`) as HParams takes it: clipping and the categorical axes as
-    strings ("none": absent clipping), learning rate a float, batch size and seed integers."""
+    strings ("none": absent clipping), learning rate a float, batch size and seed integers; a
+    model knob as it is (text, boolean) or a float."""
     if isinstance(v, np.generic):
         v = v.item()
     if axis in CLIP_AXES:
         return _text(None if v is None else float(v))
-    if axis in CATEGORICAL_AXES:
+    if axis in CATEGORICAL_AXES or isinstance(v, str):
         return str(v)
+    if isinstance(v, bool):
+        return v
     return int(v) if axis in ("batch_size", "seed") else float(v)
 
 
@@ -194,7 +197,7 @@ def stored_study(study_dir: Path) -> Study | None:
 def _domain(axis: str, values: Iterable) -> list:
     """An axis's HParams domain (HParams sorts it: numbers ascending, strings alphabetically)."""
     return list(dict.fromkeys(hparam_value(axis, v) if axis in CLIP_AXES or axis in CATEGORICAL_AXES
-                              else float(v) for v in values))  # HParams numbers are doubles
+                              or isinstance(v, (str, bool)) else float(v) for v in values))  # HParams numbers are doubles
 
 
 def _replace(path: Path, data: bytes, tmp: Path, sync: bool = False) -> None:
@@ -216,8 +219,11 @@ def _parts(directory: Path, seen: set[str]) -> list[Path]:
 
 
 def _read(part: Path, schema: pa.Schema) -> pa.Table:
+    """A part's `schema` columns, and its model knobs' (axes: the runs' hyperparameters)."""
     try:
-        return reports.read_checked(reports.open_checked(part, schema), schema)
+        pf = reports.open_checked(part, schema)
+        knobs = reports.model_fields(pf.schema_arrow)
+        return reports.read_checked(pf, reports.with_model_fields(schema, knobs, reports.AXES_END) if knobs else schema)
     except reports.ResultsError:
         raise
     except Exception as exc:  # a footer that reads over damaged data pages
@@ -266,9 +272,11 @@ class Board:
         self.logdir = Path(logdir) if logdir is not None else self.study_dir / DEFAULT_LOGDIR
         self.form = FORMS[aggregate]
         self.study = stored_study(self.study_dir)
+        # Every axis, the study's model knobs too (the sweep's own without a study file).
+        self.axes = self.study.axes if self.study else AXES
         # The axes a name shows: those the study file varies; none without one, so that a name
         # never depends on which runs happen to be recorded.
-        self.name_axes = tuple(a for a in AXES if self.study and len(self.study.grid[a]) > 1)
+        self.name_axes = tuple(a for a in self.axes if self.study and len(self.study.values(a)) > 1)
         self.seeds = len(self.study.seeds) if self.study else None
         self._seen: set[str] = set()  # trials parts gone through
         # Aggregate form: configurations with seeds still to come (their rows and curves so far),
@@ -331,8 +339,8 @@ class Board:
         whose trials columns are among `columns`."""
         hp = self.tb.hp
         hparams = []
-        for axis in (*AXES, *(("seed",) if self.form == "runs" else ())):
-            values = () if self.study is None else self.study.seeds if axis == "seed" else self.study.grid[axis]
+        for axis in (*self.axes, *(("seed",) if self.form == "runs" else ())):
+            values = () if self.study is None else self.study.seeds if axis == "seed" else self.study.values(axis)
             domain = _domain(axis, values)
             hparams.append(hp.HParam(axis, hp.Discrete(domain) if domain else None,
                                      description=_DESCRIPTIONS.get(axis)))
@@ -432,7 +440,7 @@ class Board:
         curves = _curves(part, (row["trial"] for row, _ in todo))
         for row, name in todo:
             start, end = _times(row)
-            hparams = {a: hparam_value(a, row[a]) for a in (*AXES, "seed")}
+            hparams = {a: hparam_value(a, row[a]) for a in (*self.axes, "seed")}
             series = [(c["epoch"], {t: c[t] for t in CURVES if c[t] is not None}) for c in curves.get(row["trial"], [])]
             self._put(name, self._events(name, hparams, start, end, series, run_metrics(row),
                                          row["status"] in ORCHESTRATOR_STATUSES))
@@ -476,7 +484,7 @@ class Board:
             if values:
                 metrics[f"median_{tag}"] = _median_blown_up(values)
         times = [_times(r) for r in rows]
-        self._put(name, self._events(name, {a: hparam_value(a, rows[0][a]) for a in AXES},
+        self._put(name, self._events(name, {a: hparam_value(a, rows[0][a]) for a in self.axes},
                                      min(t[0] for t in times), max(t[1] for t in times),
                                      _median_curves([curves.get(r["trial"], []) for r in trained]), metrics,
                                      failed=not trained))

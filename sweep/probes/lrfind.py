@@ -85,6 +85,7 @@ from typing import Callable
 import numpy as np
 
 from ..engines import batch_order, make_optimizer, problem
+from ..engines.keras_engine import as_float32
 from ..spec import SETTING_AXES, Config, Study
 
 
@@ -284,8 +285,9 @@ def range_test(study: Study, config: Config, seed: int, rule: Rule) -> Curve:
     @tf.function(reduce_retracing=True)
     def step(xb, yb):
         with tf.GradientTape() as tape:
-            loss = p.loss_fn(yb, model(xb, training=True))
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            loss = p.loss_fn(yb, as_float32(model(xb, training=True)))
+            scaled = optimizer.scale_loss(loss)  # mixed_float16's loss scaling; else the loss
+        optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return loss
 
     batches = _batches(seed, len(x), config.batch_size)
@@ -302,6 +304,7 @@ def range_test(study: Study, config: Config, seed: int, rule: Rule) -> Curve:
 
 def lrfind_row(study: Study, config: Config, rule: Rule, seed: int, c: Curve) -> dict:
     return {"study": study.name, "example": study.example, **{a: getattr(config, a) for a in SETTING_AXES},
+            **config.knobs,
             "rule": rule.name, "seed": seed, "start_lr": rule.start_lr, "end_lr": rule.end_lr,
             "num_it": rule.num_it, "steps": c.steps, "stopped_on_divergence": c.stopped_on_divergence,
             "first_nonfinite_step": c.first_nonfinite_step, "suggestion": c.suggestion,

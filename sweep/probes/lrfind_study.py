@@ -27,8 +27,8 @@ import pandas as pd
 from ..driver.session import prepare_dir
 from ..engines.runtime import import_tensorflow
 from ..results import maps
-from ..results.rangetest import LRFIND_FILE, LRFIND_COLUMNS, read_rows, setting_key
-from ..results.reports import arrow_table, write_atomic
+from ..results.rangetest import LRFIND_FILE, lrfind_schema, read_rows, setting_key
+from ..results.reports import arrow_table, model_field, model_fields, write_atomic
 from ..spec import SETTING_AXES, Config, Study
 from ..spec import format_value as _fmt
 from .lrfind import DEFAULT_RULE, RULES, Curve, lrfind_row, range_test
@@ -54,20 +54,22 @@ def run_study(study: Study, results: str | os.PathLike, rule_name: str = DEFAULT
     out = prepare_dir(study, results)
     path = out / LRFIND_FILE
     kept = _recorded(path, study, rule_name)
-    todo = [c for c in settings(study) if setting_key(_axes(c)) not in kept]
-    rows = [kept[k] for k in (setting_key(_axes(c)) for c in settings(study)) if k in kept]
+    knobs = tuple(study.model)
+    todo = [c for c in settings(study) if setting_key(_axes(c), knobs) not in kept]
+    rows = [kept[k] for k in (setting_key(_axes(c), knobs) for c in settings(study)) if k in kept]
+    schema = lrfind_schema([model_field(k, v[0]) for k, v in study.model.items()])
     if progress and kept:
         progress(f"{study.name}: {len(rows)} settings already in {path}")
     if todo:
         import_tensorflow()
     shared: dict[tuple, Curve] = {}  # settings that differ only in schedule share one test
     for n, config in enumerate(todo, 1):
-        unscheduled = setting_key({**_axes(config), "schedule": None})
+        unscheduled = setting_key({**_axes(config), "schedule": None}, knobs)
         if unscheduled not in shared:
             shared[unscheduled] = range_test(study, config, seed, rule)
         curve = shared[unscheduled]
         rows.append(lrfind_row(study, config, rule, seed, curve))
-        write_atomic(arrow_table(rows, LRFIND_COLUMNS), path)
+        write_atomic(arrow_table(rows, schema), path)
         if progress:
             progress(f"{study.name}: setting {n}/{len(todo)}: {_setting_text(config)}: suggestion "
                      f"{_fmt(curve.suggestion) if curve.suggestion else 'none'} ({curve.steps} steps, "
@@ -80,22 +82,25 @@ def run_study(study: Study, results: str | os.PathLike, rule_name: str = DEFAULT
 def complete(study: Study, results: str | os.PathLike, rule_name: str = DEFAULT_RULE) -> bool:
     """Whether `lrfind.parquet` already holds every setting of the study under this rule and seed."""
     have = _recorded(Path(results) / study.name / LRFIND_FILE, study, rule_name)
-    return all(setting_key(_axes(c)) in have for c in settings(study))
+    return all(setting_key(_axes(c), tuple(study.model)) in have for c in settings(study))
 
 
 def _recorded(path: Path, study: Study, rule_name: str) -> dict[tuple, dict]:
     """The rows of `path` made by this rule with the study's first seed, by setting."""
     rule = RULES[rule_name]
-    return {setting_key(r): r for r in (read_rows(path) if path.is_file() else [])
-            if r["rule"] == rule.name and r["seed"] == study.seeds[0] and r["num_it"] == rule.num_it}
+    rows = read_rows(path)[0] if path.is_file() else []
+    return {setting_key(r, tuple(study.model)): r for r in rows
+            if r["rule"] == rule.name and r["seed"] == study.seeds[0] and r["num_it"] == rule.num_it
+            and all(k in r for k in study.model)}
 
 
 def _axes(config: Config) -> dict:
-    return {a: getattr(config, a) for a in SETTING_AXES}
+    """A setting's values: the sweep's axes and the model's knobs."""
+    return {**{a: getattr(config, a) for a in SETTING_AXES}, **config.knobs}
 
 
 def _setting_text(config: Config) -> str:
-    return ", ".join(f"{a}={_fmt(getattr(config, a))}" for a in SETTING_AXES)
+    return ", ".join(f"{a}={_fmt(v)}" for a, v in _axes(config).items())
 
 
 # What the suggestion is, against the measured edge of its setting.
@@ -134,6 +139,7 @@ class Comparison:
 
     rows: list[dict] = field(default_factory=list)
     measured: bool = False
+    knobs: tuple[str, ...] = ()  # the study's model knobs, setting axes of the rows too
 
 
 def compare(study_dir: str | os.PathLike) -> Comparison:
@@ -145,21 +151,23 @@ def compare(study_dir: str | os.PathLike) -> Comparison:
     import pyarrow.parquet as pq
 
     out = Path(study_dir)
-    tests = read_rows(out / LRFIND_FILE)
+    tests, schema = read_rows(out / LRFIND_FILE)
+    knobs = tuple(f.name for f in model_fields(schema))
     boundary, cells, grid_min = {}, {}, {}
     measured = (out / maps.BOUNDARY_FILE).is_file() and (out / maps.MAP_FILE).is_file()
     if measured:
         # Read whole: columns other reports add to the boundary (curvature predictions) come along.
         for r in pq.read_table(out / maps.BOUNDARY_FILE).to_pylist():
-            boundary[setting_key(r)] = r
+            boundary[setting_key(r, knobs)] = r
         for r in maps.load_map(out).astype(object).to_dict("records"):
-            cells[setting_key(r), float(r["learning_rate"])] = r
-            grid_min[setting_key(r)] = min(grid_min.get(setting_key(r), math.inf), float(r["learning_rate"]))
+            key = setting_key(r, knobs)
+            cells[key, float(r["learning_rate"])] = r
+            grid_min[key] = min(grid_min.get(key, math.inf), float(r["learning_rate"]))
     rows = []
     for t in tests:
-        key = setting_key(t)
+        key = setting_key(t, knobs)
         b = boundary.get(key)
-        row = {**{a: t[a] for a in SETTING_AXES}, "rule": t["rule"], "suggestion": t["suggestion"],
+        row = {**{a: t[a] for a in (*SETTING_AXES, *knobs)}, "rule": t["rule"], "suggestion": t["suggestion"],
                "steps": t["steps"], "stopped_on_divergence": t["stopped_on_divergence"],
                "first_nonfinite_step": t["first_nonfinite_step"], "measured": b is not None,
                "place": placement(t["suggestion"], b, grid_min.get(key))}
@@ -172,7 +180,7 @@ def compare(study_dir: str | os.PathLike) -> Comparison:
         high = _num(row["lr_stable_max"])
         row["ratio"] = t["suggestion"] / high if t["suggestion"] and high else None
         rows.append(row)
-    return Comparison(rows, measured)
+    return Comparison(rows, measured, knobs)
 
 
 def _p_text(p) -> str:
@@ -195,15 +203,17 @@ def stop_text(row: dict) -> str:
     return f"ran {row['steps']}"
 
 
-def varying(rows: list[dict]) -> list[str]:
-    return [a for a in SETTING_AXES if len({setting_key(r)[SETTING_AXES.index(a)] for r in rows}) > 1]
+def varying(rows: list[dict], knobs: tuple[str, ...] = ()) -> list[str]:
+    """The setting axes (and model `knobs`) whose values differ among the rows."""
+    axes = [*SETTING_AXES, *knobs]
+    return [a for a in axes if len({setting_key(r, knobs)[axes.index(a)] for r in rows}) > 1]
 
 
 def table(comparison: Comparison, title: str) -> "Table":
     """What `sweep lrfind` prints: one row per setting."""
     from ..results.tables import _table
 
-    axes = varying(comparison.rows)
+    axes = varying(comparison.rows, comparison.knobs)
     rows = [[*(_fmt(r[a]) for a in axes), _short(r["suggestion"]), stop_text(r), bracket_text(r),
              _p_short(r["p_lr_stable_max"]), _p_short(r["p_lr_unstable_min"]), _short(r["ratio"]), r["place"]]
             for r in comparison.rows]
@@ -251,7 +261,7 @@ def report_md(study_dir: str | os.PathLike) -> list[str]:
     c = compare(study_dir)
     if not c.rows:
         return []
-    axes = varying(c.rows)
+    axes = varying(c.rows, c.knobs)
     rule = c.rows[0]["rule"]
     head = axes + [f"range test ({rule})", "curvature, init", "curvature, early", "measured edge",
                    "P(stable) at the edge", "suggestion / stable max", "where"]

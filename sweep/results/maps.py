@@ -1,6 +1,7 @@
 """Stability maps: P(stable) per (setting, learning rate) and each setting's edge.
 
-A *setting* is every axis but learning rate (`spec.SETTING_AXES`); its runs at
+A *setting* is every axis but learning rate (`spec.SETTING_AXES` and the study's model knobs,
+`reports.model_axes`); its runs at
 one learning rate are its seeds. Two reports come from the trials of a study:
 
 * `map.parquet`, one row per (setting, learning rate): how many seeds ran,
@@ -49,12 +50,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..spec import AXES, SETTING_AXES
+from ..spec import AXES, AXIS_DEFAULTS, SETTING_AXES, SGD_AXES, SpecError, Study
 from ..verdict import ORCHESTRATOR_STATUSES, STATUSES
 from . import faults
-from .rangetest import with_suggestions
-from .reports import (CATEGORIES, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, added, arrow_table, load_trials,
-                      open_checked, read_checked, typed, write_atomic)
+from .rangetest import LRFIND_COLUMNS, with_suggestions
+from .reports import (CATEGORIES, CURVE_COLUMNS, SCHEMA_VERSION, TRIAL_COLUMNS, ResultsError, added, arrow_table,
+                      load_trials, model_axes, model_field, model_fields, open_checked, read_checked, typed,
+                      with_model_fields, write_atomic)
 
 # The trials columns the maps are built from (`write` reads no others: a study holds millions of rows).
 # The curvature columns feed the predicted edge (`predicted_edges`).
@@ -94,6 +96,32 @@ BOUNDARY_COLUMNS = pa.schema(_IDENTITY + _SETTING_FIELDS + [
     added("lr_predicted_init", pa.float64(), "2"),
     added("lr_predicted_early", pa.float64(), "2"),
 ])
+
+
+def map_schemas(knobs: Sequence[pa.Field]) -> tuple[pa.Schema, pa.Schema]:
+    """The map and boundary columns of a study whose knobs have these columns (after its own axes)."""
+    return (with_model_fields(MAP_COLUMNS, knobs, SETTING_AXES[-1]),
+            with_model_fields(BOUNDARY_COLUMNS, knobs, SETTING_AXES[-1]))
+
+
+# Every column of the reports that hold axes, but the knobs': no knob may take one of these
+# names (its column would clash, or be taken for that column), so they also tell a frame's knob
+# columns from its own (`setting_axes`).
+REPORT_COLUMNS = frozenset(n for schema in (TRIAL_COLUMNS, CURVE_COLUMNS, MAP_COLUMNS, BOUNDARY_COLUMNS,
+                                            LRFIND_COLUMNS) for n in schema.names)
+
+
+def check_knob_names(study: Study) -> None:
+    """Refuse (`SpecError` on `grid.model.<name>`) a knob named as a column the reports hold."""
+    problems = [(f"grid.model.{k}", f"{k!r} is a column the reports hold already; rename the builder's "
+                 "parameter (a knob's name is its column's name)") for k in study.model if k in REPORT_COLUMNS]
+    if problems:
+        raise SpecError(study.path, problems)
+
+
+def setting_axes(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The setting axes of a trials, map or boundary frame: the sweep's own, then its model knobs."""
+    return (*SETTING_AXES, *model_axes(frame.columns, REPORT_COLUMNS))
 
 
 def wilson(k: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
@@ -144,10 +172,14 @@ def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
     """`build`'s reports as Arrow tables. The cells (setting, learning rate) are summed with numpy
     over all rows at once (a study holds tens of thousands of them); each setting's edge is then
     found from its few cells (`edge`, `lr_sensitivity`)."""
-    trials = trials.reset_index(drop=True)
+    # A frame made before an axis was added (or by hand) has it at its default, as older files read.
+    trials = trials.reset_index(drop=True).assign(**{a: v for a, v in AXIS_DEFAULTS.items() if a not in trials})
+    axes = setting_axes(trials)
+    knobs = axes[len(SETTING_AXES):]
+    map_schema, boundary_schema = map_schemas([model_field(k, trials[k].dtype) for k in knobs])
     if trials.empty:
-        return table([], MAP_COLUMNS), table([], BOUNDARY_COLUMNS)
-    setting = _codes(trials, SETTING_AXES)
+        return table([], map_schema), table([], boundary_schema)
+    setting = _codes(trials, axes)
     lr = trials["learning_rate"].astype(float).to_numpy()
     # Cells in the order of their setting's first row, then by learning rate.
     order = np.lexsort((lr, setting))
@@ -178,10 +210,10 @@ def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
     low, high = _wilson(k, n)
 
     cells = trials.iloc[first]
-    columns = {name: cells[name].astype(object).to_numpy() for name in ("study", "example", *AXES)}
+    columns = {name: cells[name].astype(object).to_numpy() for name in ("study", "example", *AXES, *knobs)}
     columns.update(n_seeds=n, n_stable=k, p_stable=np.where(n > 0, k / np.maximum(n, 1), np.nan), p_low=low,
                    p_high=high, modal_status=modal, median_final_loss_ratio=median)
-    map_table = _columns_table(columns, n_cells, MAP_COLUMNS)
+    map_table = _columns_table(columns, n_cells, map_schema)
 
     # Settings: runs of cells in cell order (cells are sorted by setting, then learning rate).
     cell_setting = setting[first]
@@ -196,25 +228,27 @@ def _tables(trials: pd.DataFrame) -> tuple[pa.Table, pa.Table]:
         boundary.append({**edge(per_lr), "n_runs": int(runs_per_cell[i:j].sum()),
                          "lr_sensitivity": float(means.mean() - means.min()) if len(means) else math.nan,
                          "lr_rangetest_suggestion": None})
-    columns = {name: columns[name][starts] for name in ("study", "example", *SETTING_AXES)}
+    columns = {name: columns[name][starts] for name in ("study", "example", *axes)}
     curvature = {c: trials[c].astype(float).to_numpy() if c in trials else np.full(len(trials), np.nan)
                  for c in CURVATURE_INPUT}
     boundary_of_cell = np.cumsum(np.r_[True, cell_setting[1:] != cell_setting[:-1]]) - 1
     stable_max = np.array([np.nan if b["lr_stable_max"] is None else b["lr_stable_max"] for b in boundary])
     predicted = predicted_edges(boundary_of_cell[cell], lr, trials["optimizer"].astype(str).to_numpy(), curvature,
-                                stable_max)
+                                stable_max, *(trials[a].to_numpy() if a in trials else None for a in SGD_AXES))
     for i, b in enumerate(boundary):
         b.update({name: values[i] for name, values in predicted.items()})
     columns.update({name: [b[name] for b in boundary] for name in boundary[0]})
-    return map_table, _columns_table(columns, len(starts), BOUNDARY_COLUMNS)
+    return map_table, _columns_table(columns, len(starts), boundary_schema)
 
 
 def predicted_edges(setting: np.ndarray, lr: np.ndarray, optimizer: np.ndarray, curvature: dict[str, np.ndarray],
-                    stable_max: np.ndarray) -> dict[str, np.ndarray]:
+                    stable_max: np.ndarray, momentum: np.ndarray | None = None,
+                    nesterov: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per setting, the learning rate at which the measured curvature sits on the optimizer's
-    stability threshold (`sharpness.predicted_learning_rate`: 2/λ_max for SGD, 38/λ_max(P⁻¹H) for
-    Adam, 2/λ_max(P⁻¹H) for RMSprop), from the rows' setting index, learning rate, optimizer and
-    curvature columns, and each setting's `lr_stable_max` (NaN: none):
+    stability threshold (`sharpness.stability_threshold`: 2/λ_max for SGD, (2 + 2β)/λ_max with
+    momentum β, 38/λ_max(P⁻¹H) for Adam, 2/λ_max(P⁻¹H) for RMSprop), from the rows' setting
+    index, learning rate, optimizer (momentum, Nesterov) and curvature columns, and each
+    setting's `lr_stable_max` (NaN: none):
 
     * `lr_predicted_init`: from the initialised model, the median over the setting's runs of
       `*_init` (it depends on the seed and scaler only, not on the learning rate);
@@ -238,9 +272,12 @@ def predicted_edges(setting: np.ndarray, lr: np.ndarray, optimizer: np.ndarray, 
 
     n_settings = len(stable_max)
     sgd = optimizer == "sgd"
+    momentum = np.zeros(len(lr)) if momentum is None else np.asarray(momentum, dtype=float)
+    nesterov = np.zeros(len(lr), bool) if nesterov is None else np.asarray(nesterov, dtype=bool)
     threshold = np.ones(len(lr))
-    for name in np.unique(optimizer):
-        threshold[optimizer == name] = stability_threshold(str(name))
+    kinds = pd.DataFrame({"optimizer": optimizer, "momentum": momentum, "nesterov": nesterov})
+    for (name, beta, nest), rows in kinds.groupby(["optimizer", "momentum", "nesterov"]).indices.items():
+        threshold[rows] = stability_threshold(str(name), float(beta), bool(nest))
     setting_threshold = np.full(n_settings, np.nan)
     setting_threshold[setting] = threshold  # every row of a setting has its optimizer
     out = {}
@@ -391,7 +428,8 @@ def write(study_dir: str | os.PathLike, trials: pd.DataFrame | None = None) -> t
 def _load(path: Path, schema: pa.Schema) -> pd.DataFrame:
     if not path.is_file():
         raise ResultsError(f"{path}: no such file; a finished study writes it (or run `sweep map {path.parent}`)")
-    return typed_map(read_checked(open_checked(path, schema), schema))
+    pf = open_checked(path, schema)
+    return typed_map(read_checked(pf, with_model_fields(schema, model_fields(pf.schema_arrow), SETTING_AXES[-1])))
 
 
 def load_map(path: str | os.PathLike) -> pd.DataFrame:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from ..spec import SETTING_AXES
-from .reports import TRIAL_COLUMNS, ResultsError, arrow_table, open_checked, typed
+from .reports import (TRIAL_COLUMNS, ResultsError, arrow_table, model_fields, open_checked, read_checked, typed,
+                      with_model_fields)
 
 LRFIND_FILE = "lrfind.parquet"
 BOUNDARY_COLUMN = "lr_rangetest_suggestion"
@@ -42,10 +44,16 @@ LRFIND_COLUMNS = pa.schema(_IDENTITY + [TRIAL_COLUMNS.field(a) for a in SETTING_
 ])
 
 
-def setting_key(values) -> tuple:
-    """A setting's axis values as plain Python (absent clipping None), to match rows across files."""
+def lrfind_schema(knobs: Sequence[pa.Field]) -> pa.Schema:
+    """The lrfind.parquet columns of a study whose model knobs have these columns."""
+    return with_model_fields(LRFIND_COLUMNS, knobs, SETTING_AXES[-1])
+
+
+def setting_key(values, knobs: Sequence[str] = ()) -> tuple:
+    """A setting's axis values (and its `knobs`' values) as plain Python (absent clipping None),
+    to match rows across files."""
     out = []
-    for a in SETTING_AXES:
+    for a in (*SETTING_AXES, *knobs):
         v = values[a]
         if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
             out.append(None)
@@ -58,10 +66,12 @@ def setting_key(values) -> tuple:
     return tuple(out)
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> tuple[list[dict], pa.Schema]:
+    """The rows of an lrfind.parquet and its columns (`lrfind_schema`: with the study's knobs)."""
     try:
         pf = open_checked(path, LRFIND_COLUMNS, verdicts=False)  # range tests hold no verdict
-        return pf.read(columns=LRFIND_COLUMNS.names).cast(LRFIND_COLUMNS).to_pylist()
+        schema = lrfind_schema(model_fields(pf.schema_arrow))
+        return read_checked(pf, schema).to_pylist(), schema
     except ResultsError as exc:
         raise ResultsError(f"{exc}; `sweep lrfind` writes it (delete it to run the range test again)") from None
     except Exception as exc:  # pyarrow: damaged data pages behind a readable footer
@@ -76,8 +86,10 @@ def with_suggestions(study_dir: str | os.PathLike, boundary: pa.Table) -> pa.Tab
     path = Path(study_dir) / LRFIND_FILE
     if not path.is_file() or boundary.num_rows == 0:
         return boundary
-    found = {setting_key(r): r["suggestion"] for r in read_rows(path)}
-    values = [found.get(setting_key(r)) for r in boundary.select(list(SETTING_AXES)).to_pylist()]
+    knobs = [f.name for f in model_fields(boundary.schema)]
+    rows, _ = read_rows(path)
+    found = {setting_key(r, knobs): r["suggestion"] for r in rows if all(k in r for k in knobs)}
+    values = [found.get(setting_key(r, knobs)) for r in boundary.select([*SETTING_AXES, *knobs]).to_pylist()]
     i = boundary.schema.get_field_index(BOUNDARY_COLUMN)
     return boundary.set_column(i, boundary.schema.field(i), pa.array(values, pa.float64()))
 
@@ -87,4 +99,4 @@ def load_lrfind(study_dir: str | os.PathLike) -> pd.DataFrame:
     path = Path(study_dir) / LRFIND_FILE
     if not path.is_file():
         raise ResultsError(f"{path}: no such file; `sweep lrfind STUDY.toml` writes it")
-    return typed(arrow_table(read_rows(path), LRFIND_COLUMNS))
+    return typed(arrow_table(*read_rows(path)))

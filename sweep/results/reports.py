@@ -21,7 +21,7 @@ import socket
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,14 +32,18 @@ from .._version import __version__
 from ..engines import Outcome
 from ..engines.baseline import baseline_loss
 from ..engines.sharpness import finite_or_none, summary
-from ..spec import CATEGORICAL_AXES, Run, Study
+from ..spec import AXIS_DEFAULTS, CATEGORICAL_AXES, Run, Study
 from ..verdict import STATUSES, judge, spike_epochs
 from . import faults
 
-SCHEMA_VERSION = "3"
+# Version 4 adds SGD's `momentum` and `nesterov` axes and the model's knobs ([grid.model]) as
+# axis columns of their own (`model_field`); a reader of version 3 would read such a file
+# without them and merge settings that differ in them, so it must refuse it, and does: it reads
+# 1 to 3 only. An earlier file reads an added axis as its default (`spec.AXIS_DEFAULTS`).
+SCHEMA_VERSION = "4"
 # Versions this sweep reads. A column declared with `added` is absent from files of earlier
 # versions and reads as null there; any other missing column refuses the file.
-READABLE_VERSIONS = ("1", "2", "3")
+READABLE_VERSIONS = ("1", "2", "3", "4")
 # Schema 3 judges `stalled` against min(l0, baseline_loss); a file of an earlier version holds
 # verdicts (or maps and answers made of them) by l0 alone. Such files are refused, never mixed:
 # `sweep run` judges the study's runs again from their curves (`results.rejudge`).
@@ -49,6 +53,43 @@ JUDGED_SINCE = "3"
 def added(name: str, type_: pa.DataType, version: str) -> pa.Field:
     """A column first written by schema `version`."""
     return pa.field(name, type_, metadata={"since": version})
+
+
+# The field metadata that marks a column as a model knob's axis ([grid.model]): the knobs differ
+# from study to study, so a reader finds them in the file rather than in a fixed schema.
+MODEL_AXIS = {b"axis": b"model"}
+
+
+def model_field(name: str, value: Any) -> pa.Field:
+    """The column of the knob `name`, typed as its values are (bool, int64, float64 or string;
+    `value` one of them, or a pandas dtype)."""
+    if isinstance(value, (bool, np.bool_)) or pd.api.types.is_bool_dtype(value):
+        type_ = pa.bool_()
+    elif isinstance(value, (int, np.integer)) or pd.api.types.is_integer_dtype(value):
+        type_ = pa.int64()
+    elif isinstance(value, (float, np.floating)) or pd.api.types.is_float_dtype(value):
+        type_ = pa.float64()
+    else:
+        type_ = pa.string()
+    return pa.field(name, type_, metadata=MODEL_AXIS)
+
+
+def model_fields(schema: pa.Schema) -> list[pa.Field]:
+    """The knob columns of a file's schema."""
+    return [f for f in schema if (f.metadata or {}).get(b"axis") == MODEL_AXIS[b"axis"]]
+
+
+def model_axes(columns: Iterable[str], fixed: Collection[str]) -> tuple[str, ...]:
+    """The knob columns among the `columns` of a frame read from (or built like) a report whose
+    own columns are among `fixed`: the others. A knob's name is never a report's own column
+    (`maps.check_knob_names` refuses it), so nothing else is taken for one."""
+    return tuple(c for c in columns if c not in fixed)
+
+
+def with_model_fields(schema: pa.Schema, knobs: Sequence[pa.Field], after: str) -> pa.Schema:
+    """`schema` with the knob columns after its column `after` (where its own axes end)."""
+    i = schema.get_field_index(after) + 1
+    return pa.schema(list(schema)[:i] + list(knobs) + list(schema)[i:], metadata=schema.metadata)
 
 
 # Curvature telemetry (`sweep.engines.sharpness`), schema 2: null where not measured.
@@ -71,8 +112,12 @@ TRIAL_COLUMNS = pa.schema([
     ("activation", pa.string()),
     ("scaler", pa.string()),
     ("optimizer", pa.string()),
+    added("momentum", pa.float64(), "4"),  # SGD's; 0 for every other optimizer
+    added("nesterov", pa.bool_(), "4"),
     ("loss", pa.string()),
     ("schedule", pa.string()),
+    added("precision", pa.string(), "4"),  # the Keras dtype policy
+    added("loss_scaling", pa.bool_(), "4"),  # mixed_float16's dynamic loss scaling
     ("epochs", pa.int64()),
     ("status", pa.string()),
     ("first_nonfinite_step", pa.int64()),
@@ -99,10 +144,23 @@ TRIAL_COLUMNS = pa.schema([
     ("keras_version", pa.string()),
     ("sweep_version", pa.string()),
     ("message", pa.string()),  # why a run is `error` or `timeout`; null otherwise
+    # mixed_float16 with loss scaling: batches whose scaled gradients overflowed, so the update
+    # was skipped and the scale halved, and the scale at the end; null without loss scaling
+    added("skipped_steps", pa.int64(), "4"),
+    added("final_loss_scale", pa.float64(), "4"),
     # λ_max at epoch 0, at the first measured epoch after it, the largest, at the last measured
     # epoch; precond_*: of P⁻¹H for Adam and RMSprop (null for SGD)
     *SHARPNESS_TRIAL_COLUMNS,
 ])
+
+# Knob columns go after the sweep's own axes in trials.
+AXES_END = "loss_scaling"
+
+
+def trial_schema(study: Study) -> pa.Schema:
+    """The trials columns of a study: TRIAL_COLUMNS with its knobs' columns."""
+    return with_model_fields(TRIAL_COLUMNS, [model_field(k, v[0]) for k, v in study.model.items()], AXES_END)
+
 
 CURVE_COLUMNS = pa.schema([
     ("study", pa.string()),
@@ -120,7 +178,7 @@ CURVE_COLUMNS = pa.schema([
 # Trials columns that load as pandas categoricals, with their categories fixed so
 # that every part file, study and session agrees. (In curves, `loss` is a number.)
 CATEGORIES = {**CATEGORICAL_AXES, "status": STATUSES}
-NULLABLE_INTS = ("first_nonfinite_step",)
+NULLABLE_INTS = ("first_nonfinite_step", "skipped_steps")
 
 
 class ResultsError(Exception):
@@ -150,9 +208,10 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
         "study": study.name, "trial": run.trial, "config_id": c.config_id, "seed": run.seed,
         "example": study.example, "learning_rate": c.learning_rate, "clipnorm": c.clipnorm,
         "global_clipnorm": c.global_clipnorm, "clipvalue": c.clipvalue, "batch_size": c.batch_size,
-        "activation": c.activation, "scaler": c.scaler, "optimizer": c.optimizer, "loss": c.loss,
-        "schedule": c.schedule, "epochs": study.epochs, "worker": worker, "node": socket.gethostname(),
-        "started_at": started_at or datetime.now(timezone.utc), "tf_version": tf_version,
+        "activation": c.activation, "scaler": c.scaler, "optimizer": c.optimizer, "momentum": c.momentum,
+        "nesterov": c.nesterov, "loss": c.loss, "schedule": c.schedule, "precision": c.precision,
+        "loss_scaling": c.loss_scaling, **c.knobs, "epochs": study.epochs, "worker": worker,
+        "node": socket.gethostname(), "started_at": started_at or datetime.now(timezone.utc), "tf_version": tf_version,
         "keras_version": keras_version, "sweep_version": __version__,
     }
     if isinstance(outcome, BaseException):
@@ -185,6 +244,8 @@ def rows_for(study: Study, run: Run, outcome: Outcome | BaseException, *, worker
         final_accuracy=outcome.epoch_accuracy[-1] if outcome.epoch_accuracy else outcome.initial_accuracy,
         wall_seconds=outcome.wall_seconds,
         message=None,
+        skipped_steps=outcome.skipped_steps,
+        final_loss_scale=outcome.final_loss_scale,
         **summary("sharpness", outcome.sharpness),
         **summary("precond_sharpness", outcome.precond_sharpness),
     )
@@ -229,14 +290,16 @@ def write_atomic(table: pa.Table, path: Path) -> None:
         os.close(dir_fd)
 
 
-def write_batch(study_dir: Path, trial_rows: list[dict], curve_rows: list[dict]) -> str:
-    """Commit one batch of finished runs: curves first, then the trials part that records them."""
+def write_batch(study_dir: Path, trial_rows: list[dict], curve_rows: list[dict],
+                schema: pa.Schema = TRIAL_COLUMNS) -> str:
+    """Commit one batch of finished runs: curves first, then the trials part that records them
+    (with the columns of `schema`: the study's `trial_schema`)."""
     stem = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
     (study_dir / "trials").mkdir(parents=True, exist_ok=True)
     (study_dir / "curves").mkdir(parents=True, exist_ok=True)
     write_atomic(arrow_table(curve_rows, CURVE_COLUMNS), study_dir / "curves" / f"{stem}.parquet")
     faults.point("write.curves")
-    write_atomic(arrow_table(trial_rows, TRIAL_COLUMNS), study_dir / "trials" / f"{stem}.parquet")
+    write_atomic(arrow_table(trial_rows, schema), study_dir / "trials" / f"{stem}.parquet")
     return stem
 
 
@@ -327,12 +390,15 @@ def _added_after(f: pa.Field, version: str) -> bool:
 
 
 def read_checked(pf: pq.ParquetFile, schema: pa.Schema) -> pa.Table:
-    """The `schema` columns of a file `open_checked` passed, the columns its version predates null."""
+    """The `schema` columns of a file `open_checked` passed, the columns its version predates null,
+    or an axis added since at the value every earlier run had (`spec.AXIS_DEFAULTS`)."""
     present = [n for n in schema.names if n in pf.schema_arrow.names]
     table = pf.read(columns=present)
     for i, f in enumerate(schema):
         if f.name not in present:
-            table = table.add_column(i, f.name, pa.nulls(len(table), f.type))
+            column = (pa.array([AXIS_DEFAULTS[f.name]] * len(table), f.type) if f.name in AXIS_DEFAULTS
+                      else pa.nulls(len(table), f.type))
+            table = table.add_column(i, f.name, column)
     return table.cast(schema)
 
 
@@ -344,18 +410,34 @@ def check_curves(study_dir: Path) -> None:
 
 
 def _read(directory: Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
-    """The dataset's parts (each checked against the whole `schema`) as one table, of its `columns` only if given."""
-    full, schema = schema, schema if columns is None else pa.schema([schema.field(c) for c in columns])
-    tables = []
+    """The dataset's parts (each checked against the whole `schema`) as one table, of its `columns` only if given,
+    with the knob columns its parts hold always (they are axes: a reader of axes without them would
+    merge settings)."""
+    full, tables, knobs = schema, [], None
     for part in part_files(directory):
         pf = open_checked(part, full)
+        found = model_fields(pf.schema_arrow)
+        if knobs is None:
+            knobs = found
+            schema = _selected(full, knobs, columns)
+        elif [f.name for f in found] != [f.name for f in knobs]:
+            raise ResultsError(f"{part}: model knob columns {[f.name for f in found]}, the other parts of "
+                               f"{directory} have {[f.name for f in knobs]}; move it out of {directory}")
         try:
             tables.append(read_checked(pf, schema))
         except Exception as exc:  # a footer that reads over damaged data pages
             raise ResultsError(f"{part}: not a readable Parquet file ({exc}); move it out of {directory}") from None
     if not tables:
-        return schema.empty_table()
+        return _selected(full, [], columns).empty_table()
     return pa.concat_tables(tables)
+
+
+def _selected(full: pa.Schema, knobs: list[pa.Field], columns: Sequence[str] | None) -> pa.Schema:
+    """The columns `_read` returns: all of `full` or its `columns`, with the `knobs`' columns."""
+    if columns is None:
+        return with_model_fields(full, knobs, AXES_END) if knobs else full
+    names = {f.name for f in knobs}
+    return pa.schema([full.field(c) for c in columns if c not in names] + knobs)
 
 
 def typed(table: pa.Table) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 from .. import catalog
-from ..catalog import EXAMPLES, HIDDEN, PLATEAU
+from ..catalog import EXAMPLES, HIDDEN, MLP_KNOBS, PLATEAU, hidden_widths
 from ..spec import Config, Study, config_from_dict, parse
 from . import reports
 
@@ -37,13 +37,19 @@ def script(study_dir: str | Path, trial: int) -> str:
         raise LookupError(f"{study_dir}: no run with trial {trial} (trials run from "
                           f"{rows['trial'].min()} to {rows['trial'].max()})")
     row = match.iloc[0]
-    config = config_from_dict(row.to_dict())
+    config = config_from_dict(row.to_dict(), tuple(study.model))
     seed = int(row["seed"])
     clip = {k: getattr(config, k) for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(config, k) is not None}
+    if config.momentum or config.nesterov:  # SGD's; plain SGD keeps the script as it was
+        clip.update(momentum=config.momentum, nesterov=config.nesterov)
     optimizer_cls = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop"}[config.optimizer]
     opt_args = ", ".join([f"learning_rate={config.learning_rate!r}"] + [f"{k}={v!r}" for k, v in clip.items()])
     callbacks = (f"[keras.callbacks.ReduceLROnPlateau(**{PLATEAU!r})]" if config.schedule == "plateau"
                  else "[keras.callbacks.TerminateOnNaN()]")
+    # Mixed precision: the model built under the run's dtype policy; compile wraps the optimizer
+    # for mixed_float16's loss scaling itself unless the run turned it off.
+    policy = "" if config.precision == "float32" else f"keras.config.set_dtype_policy({config.precision!r})\n"
+    no_scaling = ", auto_scale_loss=False" if config.precision == "mixed_float16" and not config.loss_scaling else ""
 
     sources, build, compile_loss = _model_code(study, config)
     return f'''"""Run {trial} of study {study.name!r} ({study.example}), reproduced with plain Keras.
@@ -65,8 +71,8 @@ BATCH_SIZE = {config.batch_size}
 {sources}
 
 
-{build}
-model.compile(optimizer=keras.optimizers.{optimizer_cls}({opt_args}), loss={compile_loss}, metrics=["accuracy"])
+{policy}{build}
+model.compile(optimizer=keras.optimizers.{optimizer_cls}({opt_args}), loss={compile_loss}, metrics=["accuracy"]{no_scaling})
 
 n = len(x)
 steps = -(-n // BATCH_SIZE)
@@ -97,7 +103,8 @@ def _model_code(study: Study, config: Config) -> tuple[str, str, str]:
         module, _, attr = study.example.partition(":")
         build = (f"from {module} import {attr}\n"
                  f"keras.utils.set_random_seed(SEED)\n"
-                 f"model, x, y = {attr}(activation={config.activation!r}, seed={study.data_seed})\n"
+                 f"model, x, y = {attr}(activation={config.activation!r}, seed={study.data_seed}"
+                 + "".join(f", {k}={v!r}" for k, v in config.model) + ")\n"
                  f"x = scale(np.asarray(x, dtype='float32'), {config.scaler!r})\n"
                  f"y = np.asarray(y, dtype='float32')\n")
         return _source(catalog.scale), build, "model.loss"
@@ -109,10 +116,16 @@ def _model_code(study: Study, config: Config) -> tuple[str, str, str]:
         fn = catalog.handwritten_cross_entropy if config.loss == "handwritten" else catalog.handwritten_cross_entropy_clipped
         sources.append(_source(fn).replace("    import tensorflow as tf\n\n", ""))
         loss = fn.__name__
+    knobs = config.knobs
+    if set(knobs) - set(MLP_KNOBS):  # a knob `catalog.mlp` gained that this script does not write yet
+        raise ValueError(f"repro writes the catalog knobs {', '.join(MLP_KNOBS)}; this run also sets "
+                         f"{', '.join(sorted(set(knobs) - set(MLP_KNOBS)))}")
+    init = f", kernel_initializer={knobs['kernel_initializer']!r}" if "kernel_initializer" in knobs else ""
     layers = ",\n    ".join(
         ["keras.Input((x.shape[1],))"]
-        + [f"keras.layers.Dense({w}, activation={config.activation!r})" for w in HIDDEN]
-        + [f"keras.layers.Dense({ex.n_out}, activation={ex.out_activation!r})"])
+        + [f"keras.layers.Dense({w}, activation={config.activation!r}{init})"
+           for w in hidden_widths(knobs.get("depth", len(HIDDEN)))]
+        + [f"keras.layers.Dense({ex.n_out}, activation={ex.out_activation!r}{init})"])
     build = (f"x, y = {ex.data.__name__}({study.data_seed})\n"
              f"x = scale(x, {config.scaler!r})\n"
              f"keras.utils.set_random_seed(SEED)\n"

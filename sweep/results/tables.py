@@ -25,7 +25,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from ..spec import AXES, SETTING_AXES, format_value
+from ..spec import format_value
 from . import maps
 
 # One character per learning rate in a setting's strip, so its whole row reads at a glance.
@@ -53,7 +53,7 @@ def cell_text(v) -> str:
 
 def varying_axes(boundary: pd.DataFrame) -> list[str]:
     """The setting axes that take more than one value in the study."""
-    return [a for a in SETTING_AXES if boundary[a].astype(object).nunique(dropna=False) > 1]
+    return [a for a in maps.setting_axes(boundary) if boundary[a].astype(object).nunique(dropna=False) > 1]
 
 
 def _labels(df: pd.DataFrame, axis: str) -> pd.Series:
@@ -83,10 +83,11 @@ def map_table(map_df: pd.DataFrame, boundary: pd.DataFrame, lrs: list[float], ti
     """One row per setting: the varying axes, the status strip over the learning-rate grid,
     where learning starts, the edge bracket, what lies beyond it, and the LR sensitivity."""
     varying = varying_axes(boundary)
+    axes = maps.setting_axes(boundary)
     cells: dict[tuple, dict] = {}
     first_unstable: dict[tuple, pd.Series] = {}
     for _, r in map_df.iterrows():
-        key = tuple(cell_text(r[a]) for a in SETTING_AXES)
+        key = tuple(cell_text(r[a]) for a in axes)
         modal = str(r["modal_status"])
         # Stable by majority of seeds shows +; otherwise the modal status (a stable mode
         # without a majority, e.g. 1 stable, 1 nan, 1 diverged, shows ?).
@@ -98,7 +99,7 @@ def map_table(map_df: pd.DataFrame, boundary: pd.DataFrame, lrs: list[float], ti
     predicted = bool(boundary[list(PREDICTED)].notna().to_numpy().any()) if set(PREDICTED) <= set(boundary) else False
     rows = []
     for _, b in boundary.iterrows():
-        key = tuple(cell_text(b[a]) for a in SETTING_AXES)
+        key = tuple(cell_text(b[a]) for a in axes)
         strip = "".join(cells.get(key, {}).get(lr, ".") for lr in lrs)
         if cell_text(b["lr_stable_min"]) == "-":
             edge, beyond = "none", f"{b['edge_status']} (most runs)"
@@ -146,7 +147,7 @@ def edge_move(effect) -> float:
 
 def top_axes(effects_df: pd.DataFrame, boundary: pd.DataFrame, n: int = 2) -> list[str]:
     """The `n` varying axes whose values move the edge most (`edge_move` of their strongest
-    value; ties in SETTING_AXES order)."""
+    value; ties in setting-axis order)."""
     varying = varying_axes(boundary)
     moved = {a: max([edge_move(e) for _, e in effects_df[effects_df["axis"] == a].iterrows()], default=0.0)
              for a in varying}
@@ -231,7 +232,8 @@ def runs_table(trials: pd.DataFrame, title: str, status: str | None = None, limi
     """`sweep show`: the first `limit` runs (of `status`, if given), with the axes that vary."""
     if status:
         trials = trials[trials["status"] == status]
-    varying = [a for a in AXES if trials[a].nunique(dropna=False) > 1] or ["learning_rate"]
+    axes = (*maps.setting_axes(trials), "learning_rate")
+    varying = [a for a in axes if trials[a].nunique(dropna=False) > 1] or ["learning_rate"]
     cols = ["trial", "seed", *varying, "status", "final_loss_ratio", "final_baseline_ratio", "first_nonfinite_step",
             "grad_norm_max"]
     table = Table(title=f"{title}: {len(trials)} runs" + (f" with status {status}" if status else ""))

@@ -19,6 +19,8 @@ A check returns the value (normalised) or raises `Invalid`.
 from __future__ import annotations
 
 import importlib
+import inspect
+import keyword
 import math
 import os
 import re
@@ -219,6 +221,21 @@ def positive_number_or_none(v: Any) -> float | None:
     return positive_number(v)
 
 
+def unit_number(v: Any) -> float:
+    """A number from 0 to 1, as a float."""
+    if not is_number(v):
+        raise Invalid(f"{v!r} is not a number")
+    if not 0 <= v <= 1:
+        raise Invalid()
+    return float(v)
+
+
+def boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise Invalid()
+    return v
+
+
 def positive_integer(v: Any) -> int:
     if not is_int(v) or v < 1:
         raise Invalid()
@@ -245,3 +262,95 @@ def values_of(check_one: Callable[[Any], Any]) -> Callable[[Any], tuple]:
             raise Invalid(f"has duplicate values ({', '.join(dup)}); list each value once", allowed=False)
         return tuple(out)
     return check
+
+
+# [grid.model]: the builder's own keyword parameters as axes. Their columns are named as the
+# knobs are, so a name must read as a pandas attribute and as an unquoted DuckDB column.
+KNOB_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,59}$")
+# DuckDB's reserved keywords and its type/function names that cannot name a column unquoted
+# (`SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category IN ('reserved',
+# 'type_function')`, DuckDB 2.0).
+SQL_RESERVED = frozenset("""
+all analyse analyze and anti any array as asc asof asymmetric at authorization binary both by case cast check
+collate collation column columns concurrently constraint create cross default deferrable desc describe distinct
+do else end except false fetch for foreign freeze from full generated glob group having ilike in initially inner
+intersect into is isnull join lambda lateral leading left like limit map natural not notnull null offset on only
+or order outer overlaps pivot pivot_longer pivot_wider placing positional primary qualify references returning
+right select semi show similar some struct summarize symmetric table tablesample then to trailing true try_cast
+tuple union unique unpack unpivot using variadic verbose when where window with""".split())
+KNOB_VALUES = "strings, integers, finite floats or booleans (TOML scalars), all of one type"
+
+
+def knob_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a model axis's column name, or None.
+
+    >>> knob_name_problem("depth") is None
+    True
+    >>> knob_name_problem("order")
+    "'order' is an SQL keyword (DuckDB would need it quoted)"
+    >>> knob_name_problem("size")
+    "'size' is a pandas DataFrame attribute (df.size would not be the column)"
+    """
+    if not KNOB_NAME_RE.match(name):
+        return (f"{name!r} is not a plain column name: lower-case letters, digits and '_', starting with a "
+                "letter, at most 60 characters")
+    if keyword.iskeyword(name):
+        return f"{name!r} is a Python keyword"
+    if name in SQL_RESERVED:
+        return f"{name!r} is an SQL keyword (DuckDB would need it quoted)"
+    import pandas as pd  # only for a study that names knobs: `validate` otherwise never loads it
+
+    if hasattr(pd.DataFrame, name):
+        return f"{name!r} is a pandas DataFrame attribute (df.{name} would not be the column)"
+    return None
+
+
+def knob_values(ok: Callable[[Any], bool] | None = None, allowed: str = "") -> Callable[[Any], tuple]:
+    """A check of one [grid.model] knob: a value or a list of TOML scalars of one type (bool is
+    not an integer; 1 and 1.0 are two types, so that a builder gets what the file wrote and a
+    column has one type), none twice; `ok` a catalog knob's own rule (`allowed` says it)."""
+    def check(values: Any) -> tuple:
+        if not isinstance(values, list):
+            values = [values]
+        if not values:
+            raise Invalid("is empty; give at least one value or leave the knob out", allowed=False)
+        reasons = []
+        for v in values:
+            if not isinstance(v, (str, int, float, bool)):
+                reasons.append(f"{v!r} is not a TOML scalar; allowed: {KNOB_VALUES}")
+            elif isinstance(v, float) and not math.isfinite(v):
+                reasons.append(f"{v!r} is not finite; allowed: {KNOB_VALUES}")
+            elif ok is not None and not ok(v):
+                reasons.append(f"{v!r} is not allowed; allowed: {allowed}")
+        if not reasons and len({type(v) for v in values}) > 1:
+            reasons.append(f"mixes {' and '.join(sorted({type(v).__name__ for v in values}))} values; allowed: "
+                           f"{KNOB_VALUES} (write 1.0, not 1, beside floats)")
+        if reasons:
+            raise Invalid(*reasons, allowed=False)
+        if len(set(values)) != len(values):
+            dup = sorted({repr(v) for v in values if values.count(v) > 1})
+            raise Invalid(f"has duplicate values ({', '.join(dup)}); list each value once", allowed=False)
+        return tuple(values)
+    return check
+
+
+# Keyword arguments the sweep itself passes to a user builder: not knobs.
+BUILDER_ARGUMENTS = ("activation", "seed")
+
+
+def builder_knobs(fn: Callable) -> tuple[str, ...] | None:
+    """The keyword parameters a user builder accepts besides `BUILDER_ARGUMENTS`; None when it
+    takes any (`**kwargs`).
+
+    >>> def build(activation, seed, depth=2, *, kernel_initializer="glorot_uniform"): ...
+    >>> builder_knobs(build)
+    ('depth', 'kernel_initializer')
+    """
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to read, accept any
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                 and p.name not in BUILDER_ARGUMENTS)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...spec import AXES, Run, Study
+from ...spec import CLIP_AXES, Run, Study
 from ..optuna_study import config_outcome, constraint, distributions
 from .base import Done
 
@@ -48,7 +48,7 @@ class TPESampler:
         if self._configs is None:
             by_axes: dict[tuple, list[Run]] = {}
             for run in study.plan():
-                by_axes.setdefault(tuple(getattr(run.config, a) for a in AXES), []).append(run)
+                by_axes.setdefault(tuple(run.config.value(a) for a in study.axes), []).append(run)
             self._configs = by_axes
         return self._configs
 
@@ -66,11 +66,13 @@ class TPESampler:
         if todo or asked >= min(study.n_trials or DEFAULT_TPE_TRIALS, len(index)):
             return todo
         dists = distributions(study)
-        fixed = {a: study.grid[a][0] for a in AXES if a not in dists}
+        fixed = {a: study.values(a)[0] for a in study.axes if a not in dists}
         for _ in range(100):
             trial = self.ostudy.ask(dists)
-            values = fixed | {a: (None if trial.params[a] == "none" else trial.params[a]) for a in dists}
-            runs = index.get(tuple(values[a] for a in AXES))
+            # "none" is absent clipping; a knob's "none" is the knob's own text value.
+            values = fixed | {a: (None if a in CLIP_AXES and trial.params[a] == "none" else trial.params[a])
+                              for a in dists}
+            runs = index.get(tuple(values[a] for a in study.axes))
             if runs is None:  # e.g. clipnorm and clipvalue at once: not a configuration
                 trial.set_user_attr("skipped", "not a configuration: Keras allows one kind of clipping")
                 self.ostudy.tell(trial, state=TrialState.FAIL)

@@ -38,6 +38,9 @@ from .model import Architecture, Graph, Unsupported, per_sample_accuracy
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
 RMSPROP = {"rho": 0.9, "epsilon": 1e-7}
 SLOTS = {"adam": ("m", "v"), "sgd": (), "rmsprop": ("velocity",)}
+# SGD's slot when a population has momentum (Keras builds `momentums` only when momentum != 0):
+# SLOTS["sgd"] + SGD_MOMENTUM_SLOTS, passed to `update` with the runs' momentum.
+SGD_MOMENTUM_SLOTS = ("momentum",)
 
 # Keras's per-sample loss functions for the losses it compiles by name.
 KERAS_LOSSES = {"binary_crossentropy": "binary_crossentropy",
@@ -158,11 +161,23 @@ def clip(grads: list, squares, global_norm, clipnorm, global_clipnorm, clipvalue
     return grads, acted
 
 
-def update(optimizer: str, theta, g, slots: dict, lr, iteration):
+def update(optimizer: str, theta, g, slots: dict, lr, iteration, momentum=None, nesterov=None):
     """One optimizer update of every run, keras/src/optimizers/{adam,sgd,rmsprop}.py `update_step`
     on one stacked variable [K, *shape] (Keras applies the same arithmetic to each variable).
     `lr` is [K]; `iteration` is Keras's `optimizer.iterations` before this step.
-    Returns (theta, slots)."""
+    SGD with `momentum` ([K] float, with its `SGD_MOMENTUM_SLOTS` in `slots`) and `nesterov`
+    ([K] bool): Keras's momentum branch for the runs whose momentum is not 0, its plain branch
+    for the others (whose slot stays as it was, as Keras builds none for them); without
+    `momentum` every run takes the plain branch. Returns (theta, slots).
+
+    >>> import tensorflow as tf
+    >>> theta, g, lr = tf.ones([3, 2]), tf.fill([3, 2], 2.0), tf.fill([3], 0.1)
+    >>> momentum, nesterov = tf.constant([0.0, 0.5, 0.5]), tf.constant([False, False, True])
+    >>> slots = {"momentum": tf.fill([3, 2], 1.0)}
+    >>> theta, slots = update("sgd", theta, g, slots, lr, 0, momentum, nesterov)
+    >>> [[round(float(v), 6) for v in t[:, 0]] for t in (theta, slots["momentum"])]
+    [[0.8, 1.3, 0.95], [1.0, 0.3, 0.3]]
+    """
     import tensorflow as tf
 
     lr = per_run(lr, len(theta.shape))
@@ -175,6 +190,15 @@ def update(optimizer: str, theta, g, slots: dict, lr, iteration):
         m = slots["m"] + (g - slots["m"]) * (1 - b1)
         v = slots["v"] + (tf.square(g) - slots["v"]) * (1 - b2)
         return theta - (m * alpha) / (tf.sqrt(v) + eps), {"m": m, "v": v}
+    if optimizer == "sgd" and momentum is not None:
+        on = per_run(tf.not_equal(momentum, 0), len(theta.shape))
+        beta = per_run(tf.cast(momentum, theta.dtype), len(theta.shape))
+        m = slots["momentum"] * beta - g * lr
+        # Nesterov adds the same expression again rather than m, as Keras's update_step does.
+        step = m if nesterov is None else tf.where(per_run(nesterov, len(theta.shape)), m * beta - g * lr, m)
+        # Selected run by run, never multiplied by a mask: a run without momentum gets Keras's plain
+        # update whatever its (unused) slot holds.
+        return tf.where(on, theta + step, theta - g * lr), {"momentum": tf.where(on, m, slots["momentum"])}
     if optimizer == "sgd":  # momentum 0: Keras's plain branch
         return theta - g * lr, {}
     if optimizer == "rmsprop":  # rho 0.9, momentum 0, not centered
