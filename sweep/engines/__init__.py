@@ -93,7 +93,7 @@ def example_data(example: str, data_seed: int, scaler: str) -> tuple[np.ndarray,
 
 
 # A user builder's data, as its first call for each (module:function, data seed, search path,
-# activation) returned it, unscaled: every run's batches are drawn from this one copy.
+# activation, model knobs) returned it, unscaled: every run's batches are drawn from this one copy.
 _user_data: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 
@@ -102,14 +102,14 @@ def data_key(study: "Study", config: "Config") -> tuple:
     builder is called with. Runs of one key train on the same arrays (`run_data`)."""
     if study.example in EXAMPLES:
         return (config.scaler,)
-    return (config.scaler, config.activation)
+    return (config.scaler, config.activation, config.model)
 
 
 def run_data(study: "Study", config: "Config") -> tuple[np.ndarray, np.ndarray]:
     """A run's training data (x scaled by its scaler, y), without building a model when known."""
     if study.example in EXAMPLES:
         return example_data(study.example, study.data_seed, config.scaler)
-    key = (study.example, study.data_seed, study.search_path, config.activation)
+    key = (study.example, study.data_seed, study.search_path, config.activation, config.model)
     if key not in _user_data:
         problem(study, config, study.seeds[0])
     x, y = _user_data[key]
@@ -162,7 +162,8 @@ def _problem(study: "Study", config: "Config", seed: int) -> Problem:
     if getattr(model, "loss", None) is None:
         raise TypeError(f"{study.example} must compile its model with a loss (model.compile(loss=...))")
     x, y = np.asarray(x, dtype="float32"), np.asarray(y, dtype="float32")
-    _user_data.setdefault((study.example, study.data_seed, study.search_path, config.activation), (x, y))
+    _user_data.setdefault((study.example, study.data_seed, study.search_path, config.activation, config.model),
+                          (x, y))
     x = scale(x, config.scaler)
     accuracy = "binary" if model.outputs[0].shape[-1] == 1 else "categorical"
     # Resolve the compiled loss exactly as Keras's compile() does (names, "crossentropy"

@@ -149,8 +149,9 @@ def measure_population(p, theta: list, state: list, slots: dict, steps: int, liv
     rows = np.arange(telemetry.rows(p.n), dtype=np.int32)
     for some in slices(live.astype(np.int32), slice_size(p.program.shape.archs[0], len(rows), len(live))):
         args = ([tf.gather(v, some) for v in theta], [tf.gather(v, some) for v in state])
-        if not initial:
-            args += ({name: [tf.gather(v, some) for v in s] for name, s in slots.items()}, tf.constant(steps, tf.int32))
+        if not initial:  # the preconditioner's slots (SGD's momentum is none)
+            args += ({name: [tf.gather(v, some) for v in slots[name]] for name in SLOTS[c0.optimizer]},
+                     tf.constant(steps, tf.int32))
         args += (tf.gather(p.x, p.offset[some, None] + rows), tf.gather(p.y, p.offset[some, None] + rows),
                  tf.gather(p.choice, some))
         s, q = call(pr, "initial" if initial else "current", args)

@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 
 def group_key(config: Config) -> tuple:
     """Runs with the same key can share a program: these axes change its ops or shapes (the
-    activation changes its ops too, but a program can hold several: `shared_activations`)."""
-    return (config.batch_size, config.loss, config.optimizer)
+    activation changes its ops too, but a program can hold several: `shared_activations`); the
+    model knobs change the model, SGD's momentum the slots and the update."""
+    return (config.batch_size, config.loss, config.optimizer, config.model,
+            config.optimizer == "sgd" and config.momentum != 0)
 
 
 def shared_activations(activations: Sequence[str], run_samples: float) -> list[tuple[str, ...]]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -306,11 +306,11 @@ Weights = np.ndarray | tuple[np.ndarray, ...]
 
 
 @functools.lru_cache(maxsize=512)
-def built_model(study: "_StudyView", activation: str, seed: int) -> tuple[Model, Weights]:
+def built_model(study: "_StudyView", activation: str, knobs: tuple, seed: int) -> tuple[Model, Weights]:
     """The Keras build of one (example, activation, seed), read once and kept read-only."""
     from ...spec import config_from_dict, example_defaults
 
-    config = config_from_dict({**example_defaults(study.example), "activation": activation})
+    config = replace(config_from_dict({**example_defaults(study.example), "activation": activation}), model=knobs)
     p = problem(study, config, seed)  # type: ignore[arg-type]
     if study.example in EXAMPLES:
         arch, theta = read_model(p.model, p.accuracy)
@@ -336,9 +336,9 @@ def initial_model(study: Study, config: Config, seed: int) -> tuple[Model, Weigh
     """The Keras builder's model for this run and seed, read as an architecture and flat weights.
 
     They depend on the layers and the seed only (the scaler keeps the feature count), so the
-    model is built once per (example, activation, seed) and shared by every learning rate,
+    model is built once per (example, activation, model knobs, seed) and shared by every learning rate,
     clipping, scaler and schedule. A user's builder that fails here is the user's error, not
     an unsupported model: it is raised as it is, and the run records it."""
     view = _StudyView(study.example, study.data_seed, study.search_path)
     with _build_lock:  # keras.utils.set_random_seed is process-wide
-        return built_model(view, config.activation, seed)
+        return built_model(view, config.activation, config.model, seed)

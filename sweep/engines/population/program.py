@@ -26,7 +26,7 @@ from typing import Callable, Hashable, TypeVar
 
 from .. import xla
 from .model import Architecture, Graph
-from .step import SLOTS, Step
+from .step import Step, slot_names
 
 # XLA's flags and its compile cache are set up before TensorFlow's first op (`sweep.engines.xla`).
 xla.configure()
@@ -43,12 +43,14 @@ class ProgramShape:
     n: int  # training-set size
     clip_kinds: frozenset
     jit: bool
+    momentum: bool = False  # SGD runs with momentum: the momentum slot and Keras's momentum update
 
     def key(self) -> str:
         """What the program is, in words that are the same in every process (activation functions
         by their qualified names, not their addresses): `xla.stable_names` numbers its
         trace from it."""
-        return repr(([a.key() for a in self.archs], self.loss, self.optimizer, self.n, sorted(self.clip_kinds), self.jit))
+        return repr(([a.key() for a in self.archs], self.loss, self.optimizer, self.n, sorted(self.clip_kinds), self.jit)
+                    + ((True,) if self.momentum else ()))
 
 
 def tally(stats: dict, alive, finite, acted, loss, acc, norm, size, iteration) -> dict:
@@ -82,7 +84,7 @@ class Program:
         import tensorflow as tf
 
         self.shape = shape
-        self.step = Step(shape.archs, shape.loss, shape.optimizer, shape.clip_kinds)
+        self.step = Step(shape.archs, shape.loss, shape.optimizer, shape.clip_kinds, shape.momentum)
         # Input signatures with None for K and the batch size: one trace serves them all, and l0's
         # rounding does not depend on which slice of runs happened to be evaluated first.
         arch = shape.archs[0]
@@ -96,9 +98,9 @@ class Program:
             theta, state, tf.TensorSpec([None, None, *arch.input_shape], tf.float32),
             tf.TensorSpec([None, None, *arch.output_shape], tf.float32), choice])
         self.epoch = tf.function(self._epoch, jit_compile=shape.jit, autograph=False, input_signature=[
-            theta, state, {name: theta for name in SLOTS[shape.optimizer]}, tf.TensorSpec([None], tf.bool),
-            tf.TensorSpec([], tf.int32), tf.TensorSpec([None, None, None], tf.int32), x, y, choice,
-            per_run, per_run, per_run, per_run])
+            theta, state, {name: theta for name in slot_names(shape.optimizer, shape.momentum)},
+            tf.TensorSpec([None], tf.bool), tf.TensorSpec([], tf.int32), tf.TensorSpec([None, None, None], tf.int32), x,
+            y, choice, per_run, per_run, per_run, per_run, per_run, tf.TensorSpec([None], tf.bool)])
         # Traced now, under names that are the same in every process, so that an executable
         # XLA compiled for it in another process is found in the compile cache; and before any
         # thread calls them, since a Keras model traces through shared layer objects.
@@ -130,7 +132,7 @@ class Program:
         return tf.reduce_sum(losses, axis=1) / n, tf.reduce_sum(accuracies, axis=1) / n
 
     def _epoch(self, theta, state, slots, alive, first_step, order, x, y, choice, lr, clipnorm, global_clipnorm,
-               clipvalue):
+               clipvalue, momentum, nesterov):
         """Train every run through one epoch. `order` [K, steps, B] holds each run's row indices
         into x, y in its batch order, the last batch padded; `first_step` is the global index of
         the epoch's first step. Returns the new weights, state and slots and the epoch's per-run
@@ -157,7 +159,7 @@ class Program:
             iteration = first_step + s
             theta, state, slots, loss, acc, norm, acted, finite = self.step(
                 theta, state, slots, iteration, tf.gather(x, idx), tf.gather(y, idx), valid,
-                tf.cast(size, tf.float32), choice, lr, clipnorm, global_clipnorm, clipvalue)
+                tf.cast(size, tf.float32), choice, lr, clipnorm, global_clipnorm, clipvalue, momentum, nesterov)
             stats = tally(stats, alive, finite, acted, loss, acc, norm, size, iteration)
             return theta, state, slots, alive & finite, stats, tf.tensor_scatter_nd_update(norms, [[s]], [norm])
 

@@ -42,6 +42,11 @@ SLOTS = {"adam": ("m", "v"), "sgd": (), "rmsprop": ("velocity",)}
 # SLOTS["sgd"] + SGD_MOMENTUM_SLOTS, passed to `update` with the runs' momentum.
 SGD_MOMENTUM_SLOTS = ("momentum",)
 
+
+def slot_names(optimizer: str, momentum: bool) -> tuple[str, ...]:
+    """The optimizer slots a program carries: SGD's momentum slot only where its runs have momentum."""
+    return SLOTS[optimizer] + (SGD_MOMENTUM_SLOTS if momentum and optimizer == "sgd" else ())
+
 # Keras's per-sample loss functions for the losses it compiles by name.
 KERAS_LOSSES = {"binary_crossentropy": "binary_crossentropy",
                 "categorical_crossentropy": "categorical_crossentropy", "mse": "mean_squared_error"}
@@ -214,8 +219,10 @@ class Step:
     it serves, or one `Graph`), `loss` the catalog's loss name (a `Graph` brings its own),
     `clip_kinds` the clipping kinds any of its runs uses (the others cost no ops)."""
 
-    def __init__(self, archs: Sequence[Architecture | Graph], loss: str, optimizer: str, clip_kinds: frozenset):
+    def __init__(self, archs: Sequence[Architecture | Graph], loss: str, optimizer: str, clip_kinds: frozenset,
+                 momentum: bool = False):
         self.archs, self.optimizer, self.clip_kinds = tuple(archs), optimizer, clip_kinds
+        self.momentum = momentum and optimizer == "sgd"  # SGD's momentum branch, per run
         self.graph = isinstance(self.archs[0], Graph)
         if not self.graph:
             self.loss = per_sample_loss(loss)
@@ -229,11 +236,12 @@ class Step:
         return self.loss(y, pred), self.accuracy(y, pred), state
 
     def __call__(self, theta: list, state: list, slots: dict, iteration, xb, yb, valid, count, choice, lr, clipnorm,
-                 global_clipnorm, clipvalue):
+                 global_clipnorm, clipvalue, momentum=None, nesterov=None):
         """`theta` and each slot are lists of stacked variables [K, *shape], in the model's order,
         `state` the stacked non-trainable variables; `xb`, `yb` [K, B, ...] the batch, `valid` [B]
         its real samples (`count` of them); `choice` [K] each run's activation; `lr` and the
-        thresholds [K]. Returns the new weights, state and slots and per run: loss, accuracy,
+        thresholds [K]; with SGD's momentum, `momentum` [K] and `nesterov` [K] bool. Returns the new
+        weights, state and slots and per run: loss, accuracy,
         unclipped gradient norm, whether clipping acted, and whether the loss, the norm and every
         updated weight are finite."""
         import tensorflow as tf
@@ -248,7 +256,8 @@ class Step:
         squares = tf.stack([tf.reduce_sum(tf.square(g), axis=list(range(1, len(g.shape)))) for g in grads], axis=1)
         norm = tf.sqrt(tf.reduce_sum(squares, axis=1))
         grads, acted = clip(grads, squares, norm, clipnorm, global_clipnorm, clipvalue, self.clip_kinds)
-        updated = [update(self.optimizer, w, g, {name: s[i] for name, s in slots.items()}, lr, iteration)
+        extra = (momentum, nesterov) if self.momentum else ()
+        updated = [update(self.optimizer, w, g, {name: s[i] for name, s in slots.items()}, lr, iteration, *extra)
                    for i, (w, g) in enumerate(zip(theta, grads))]
         theta = [w for w, _ in updated]
         slots = {name: [new[name] for _, new in updated] for name in slots}

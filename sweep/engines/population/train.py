@@ -28,7 +28,7 @@ from .curvature import measure_population
 from .model import initial_model
 from .plateau import Plateau
 from .program import Program, ProgramShape, program
-from .step import SLOTS
+from .step import slot_names
 
 
 def pad_last_batch(order: np.ndarray, batch_size: int) -> np.ndarray:
@@ -57,7 +57,7 @@ class Population:
     offset: np.ndarray  # [K] int32
     n: int  # training-set size
     choice: Any  # [K] int32: each run's activation, an index into the program's architectures
-    thresholds: tuple  # [K] float32 per clipping kind of CLIP_AXES, 0 where the run does not use it
+    hyper: tuple  # [K] each: a threshold per clipping kind of CLIP_AXES (0: unused), SGD's momentum and Nesterov flag
 
 
 def prepare(study: Study, runs: Sequence[Run], jit: bool, clip_kinds: frozenset | None,
@@ -72,7 +72,8 @@ def prepare(study: Study, runs: Sequence[Run], jit: bool, clip_kinds: frozenset 
     # Each variable stacked over the runs, [K, *shape]: the program's ops read them as they are.
     theta, state = arch.stack([w for _, w in models])
     theta, state = [tf.constant(v) for v in theta], [tf.constant(v) for v in state]
-    slots = {name: [tf.zeros_like(v) for v in theta] for name in SLOTS[c0.optimizer]}
+    momentum = c0.optimizer == "sgd" and c0.momentum != 0  # a program's runs all have momentum, or none
+    slots = {name: [tf.zeros_like(v) for v in theta] for name in slot_names(c0.optimizer, momentum)}
 
     keys = sorted({data_key(study, c) for c in configs})
     first = {data_key(study, c): c for c in reversed(configs)}
@@ -88,10 +89,13 @@ def prepare(study: Study, runs: Sequence[Run], jit: bool, clip_kinds: frozenset 
         activations = tuple(sorted({c.activation for c in configs}))
     archs = tuple(initial_model(study, replace(c0, activation=a), runs[0].seed)[0] for a in activations)
     choice = tf.constant(np.array([activations.index(c.activation) for c in configs], dtype=np.int32))
-    prog = program(ProgramShape(archs, c0.loss, c0.optimizer, n, clip_kinds, jit and all(a.jit for a in archs)))
-    thresholds = tuple(tf.constant(np.array([getattr(c, axis) or 0.0 for c in configs], dtype=np.float32))
+    prog = program(ProgramShape(archs, c0.loss, c0.optimizer, n, clip_kinds, jit and all(a.jit for a in archs),
+                                momentum))
+    hyper = tuple(tf.constant(np.array([getattr(c, axis) or 0.0 for c in configs], dtype=np.float32))
                        for axis in CLIP_AXES)
-    return Population(runs, prog, theta, state, slots, x, y, offset, n, choice, thresholds)
+    hyper += (tf.constant(np.array([c.momentum for c in configs], dtype=np.float32)),
+              tf.constant(np.array([c.nesterov for c in configs], dtype=bool)))
+    return Population(runs, prog, theta, state, slots, x, y, offset, n, choice, hyper)
 
 
 def initial_evaluation(p: Population) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +146,7 @@ def train_epochs(study: Study, p: Population, outcomes: list[Outcome], alive: np
         order = pad_last_batch(order, B).reshape(K, n_steps, B)
         theta, state, slots, alive_t, stats, step_norms = p.program.run_epoch(
             theta, state, slots, alive_t, tf.constant(steps_done, tf.int32), tf.constant(order), p.x, p.y, p.choice,
-            tf.constant(lr), *p.thresholds)
+            tf.constant(lr), *p.hyper)
         stats = {name: t.numpy() for name, t in stats.items()}
         step_norms = step_norms.numpy()
         for k in live:
