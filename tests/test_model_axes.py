@@ -21,7 +21,7 @@ from sweep.catalog import EXAMPLES
 from sweep.driver import session
 from sweep.driver.pool import LocalPool
 from sweep.engines import problem
-from sweep.engines.population import PopulationEngine, Unsupported
+from sweep.engines.population import PopulationEngine, initial_model
 from sweep.results.repro import script
 from sweep.spec import AXIS_DEFAULTS, SpecError, config_from_dict, load, parse
 
@@ -122,17 +122,18 @@ def test_every_catalog_build_receives_the_knobs():
     assert set(EXAMPLES["exploding_gradients"].knobs) == {"depth", "kernel_initializer"}
 
 
-def test_runs_with_knobs_train_on_keras_visibly():
+def test_runs_with_knobs_train_on_the_population_engine():
+    """Each knob value builds its own model (here 3 hidden layers instead of 2), trained like any."""
     s = parse(CATALOG + "[grid.model]\ndepth = [3]\n", "m.toml")
-    with pytest.raises(Unsupported, match="model knobs"):
-        PopulationEngine.check(s, s.plan()[0])
-    assert session.engine_for(s, "population") == "keras"
-    assert "[grid.model]" in session.engine_line(s, None)
+    PopulationEngine.check(s, s.plan()[0])
+    assert session.engine_for(s, None) == "population" and session.engine_line(s, None) == "engine: population"
+    arch, _ = initial_model(s, s.plan()[0].config, 0)
+    assert len(arch.shapes) == 4
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """The planted study, run on the keras engine: depth 0, 1, 2 over a learning-rate grid of
+    """The planted study, run on the population engine: depth 0, 1, 2 over a learning-rate grid of
     factors of 2 that puts the depth-0 threshold 2/λ_max midway (in log) between two values."""
     x, _ = rescaled_linear_data(0)
     lam = np.linalg.eigvalsh(2 / len(x) * x.astype(float).T @ x.astype(float)).max()
@@ -160,7 +161,7 @@ def planted(tmp_path_factory):
 def test_the_planted_depth_effect_is_measured_end_to_end(planted):
     out, lrs = planted
     trials = sweep.load_trials(out)
-    assert trials.depth.tolist() == [0] * 5 + [1] * 5 + [2] * 5 and set(trials.engine) == {"keras"}
+    assert trials.depth.tolist() == [0] * 5 + [1] * 5 + [2] * 5 and set(trials.engine) == {"population"}
     boundary = sweep.load_boundary(out).sort_values("depth")
     # 2/λ_max lies between lrs[3] and lrs[4] at depth 0; each layer of depth halves it: one grid step
     assert boundary.lr_unstable_min.tolist() == [lrs[4], lrs[3], lrs[2]]

@@ -170,7 +170,7 @@ class PopulationEngine:
         c = run.config
         # The program computes in float32: a mixed-precision run trains on the keras engine.
         if c.precision != "float32":
-            raise Unsupported(f"precision {c.precision!r}: the population engine computes in float32")
+            raise Unsupported(f"mixed precision ({c.precision}): the population engine computes in float32")
         if c.optimizer not in SLOTS:
             raise Unsupported(f"optimizer {c.optimizer!r}")
         if study.example in EXAMPLES and c.loss not in KERAS_LOSSES and c.loss not in WRITTEN_LOSSES:
