@@ -165,7 +165,17 @@ class Graph:
             acc = accuracy(yb, pred)
             return per_sample(values), per_sample(acc), own_state
 
-        return tf.vectorized_map(one_run, (theta, state, x, y))
+        # pfor turns a squeeze of every size-1 axis into one that also drops the run axis when
+        # there is one run (known only at run time: K is not part of the trace). keras.ops.add
+        # squeezes a bias reshaped to [1, ..., C] so (Conv1D, Conv2D, ...), and a lone run failed
+        # ("Incompatible shapes: [16,1,1] vs. [1,150,10,16]"). So at least two runs are mapped: a
+        # lone run also as a copy, whose values are dropped and whose gradient is stopped.
+        k = tf.shape(x)[0]
+        extra = tf.maximum(2 - k, 0)
+        widened = tf.nest.map_structure(lambda t: tf.concat([t, tf.stop_gradient(t[:extra])], axis=0),
+                                        (theta, state, x, y))
+        losses, accuracies, new_state = tf.vectorized_map(one_run, widened)
+        return losses[:k], accuracies[:k], [s[:k] for s in new_state]
 
 
 def per_sample(values):
