@@ -168,14 +168,17 @@ class Graph:
             acc = accuracy(yb, pred)
             return per_sample(values), per_sample(acc), own_state
 
-        # pfor broadcasts a per-run bias wrongly when the loop has one iteration (a Conv2D's bias
-        # add fails with "Incompatible shapes: [8,1,1,1] vs. [1,5,6,6,8]"): one run is
-        # computed as two copies of itself, and the copy dropped.
+        # pfor turns a squeeze of every size-1 axis into one that also drops the run axis when
+        # there is one run (known only at run time: K is not part of the trace). keras.ops.add
+        # squeezes a bias reshaped to [1, ..., C] so (Conv1D, Conv2D, ...), and a lone run failed
+        # ("Incompatible shapes: [16,1,1] vs. [1,150,10,16]"). So at least two runs are mapped: a
+        # lone run also as a copy, whose values are dropped and whose gradient is stopped.
         k = tf.shape(x)[0]
-        twice = [tf.concat([t, t[:tf.maximum(2 - k, 0)]], 0) for t in (*theta, *state, x, y)]
-        theta2, state2 = twice[:len(theta)], twice[len(theta):len(theta) + len(state)]
-        losses, accuracies, new_state = tf.vectorized_map(one_run, (theta2, state2, twice[-2], twice[-1]))
-        return losses[:k], accuracies[:k], [v[:k] for v in new_state]
+        extra = tf.maximum(2 - k, 0)
+        widened = tf.nest.map_structure(lambda t: tf.concat([t, tf.stop_gradient(t[:extra])], axis=0),
+                                        (theta, state, x, y))
+        losses, accuracies, new_state = tf.vectorized_map(one_run, widened)
+        return losses[:k], accuracies[:k], [s[:k] for s in new_state]
 
 
 def per_sample(values):
@@ -254,6 +257,30 @@ def draws_random(graph) -> bool:
     return any("Random" in op.type for op in graph.get_operations())
 
 
+def sparse_gradients(model, loss, graph, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> list[str]:
+    """The trainable variables whose gradient Keras receives as `tf.IndexedSlices` (an Embedding's
+    table, any variable read by a gather): one slice per lookup, a row looked up twice in a batch
+    twice. Keras's TensorFlow optimizers square such a gradient slice by slice (Adam's and
+    RMSprop's second moment, clipnorm's and global_clipnorm's norms; the keras engine's gradient
+    norm likewise), so a row looked up n times gets the sum of n squares where the dense gradient,
+    which the population engine computes, has the square of the sum. Only a forward pass that
+    gathers (`graph`, `training_graph`'s) is traced again for its gradient."""
+    import tensorflow as tf
+
+    if not any("Gather" in op.type for op in graph.get_operations()):
+        return []
+    variables = model.trainable_variables
+
+    def gradients(x, y):
+        with tf.GradientTape() as tape:
+            value = loss(y, model(x, training=True))
+        return tape.gradient(value, variables)
+
+    grads = tf.function(gradients, autograph=False).get_concrete_function(
+        tf.TensorSpec([1, *input_shape], tf.float32), tf.TensorSpec([1, *output_shape], tf.float32)).structured_outputs
+    return [v.path for v, g in zip(variables, grads) if isinstance(g, tf.IndexedSlices)]
+
+
 def read_graph(model, loss, accuracy: str) -> tuple[Graph, tuple[np.ndarray, ...]]:
     """Any Keras model the engine runs by its own layer code (`Graph`), and its flat initial
     trainable weights followed by its non-trainable state. Raises `Unsupported`, naming the
@@ -286,6 +313,10 @@ def read_graph(model, loss, accuracy: str) -> tuple[Graph, tuple[np.ndarray, ...
         raise Unsupported(f"model {model.name} has inputs {input_shape} or outputs {output_shape} of unknown size")
     variables, state = model.trainable_variables, model.non_trainable_variables
     traced = training_graph(model, input_shape)
+    sparse = sparse_gradients(model, loss, traced, input_shape, output_shape)
+    if sparse:
+        raise Unsupported(f"variable {sparse[0]} gets a sparse gradient (tf.IndexedSlices, e.g. an Embedding's), "
+                          "which Keras's optimizers and clipping square slice by slice; the engine's gradients are dense")
     random = draws_random(traced)
     # XLA draws other random numbers than TensorFlow's kernels for the same seeds: a model with
     # Dropout runs unjitted, as the keras engine does, so that every run draws Keras's masks.
