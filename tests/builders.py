@@ -132,3 +132,16 @@ def rescaled_linear_data(seed: int):
 def any_knobs(activation: str, seed: int, **knobs):
     """A builder that takes any keyword argument: names reach the sweep's own column rules."""
     return tiny_model(activation, seed)
+
+
+def tiny_cnn(activation: str, seed: int):
+    """A Conv2D model on 6x6 noise images: the population engine runs it as a Keras graph."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((96, 6, 6, 1)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype("float32")[:, None]
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, activation=activation),
+                              keras.layers.Flatten(), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(loss="binary_crossentropy")
+    return model, x, y

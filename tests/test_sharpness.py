@@ -209,3 +209,18 @@ def test_boundary_predicts_the_edge_from_the_curvature_and_the_map_shows_it():
     console = Console(width=200, record=True)
     console.print(map_table(*maps.build(_trials(False)), [0.1, 1.0, 10.0], "t"))
     assert "predicted" not in console.export_text()
+
+
+def test_engines_agree_on_a_keras_graph():
+    """The probe through `tf.vectorized_map` of a user's Conv2D model (one seed: the initial
+    measurement maps a lone run) against the keras engine's, for SGD and Adam."""
+    s = parse('[study]\nname="g"\nexample="builders:tiny_cnn"\nepochs=2\nseeds=[0]\n[grid]\n'
+              'learning_rate=[0.05]\noptimizer=["sgd", "adam"]\n'
+              '[telemetry]\nsharpness = {every_epochs = 1, iterations = 20}', "g.toml")
+    runs = s.plan()
+    for p, k in zip(PopulationEngine().train(s, runs), KerasEngine().train(s, runs)):
+        assert p.engine == "population" and sorted(p.sharpness) == sorted(k.sharpness) == [0, 1, 2]
+        for epoch in k.sharpness:
+            assert p.sharpness[epoch] == pytest.approx(k.sharpness[epoch], rel=1e-3)
+        for epoch in k.precond_sharpness:
+            assert p.precond_sharpness[epoch] == pytest.approx(k.precond_sharpness[epoch], rel=1e-2)

@@ -173,12 +173,13 @@ class Graph:
         # squeezes a bias reshaped to [1, ..., C] so (Conv1D, Conv2D, ...), and a lone run failed
         # ("Incompatible shapes: [16,1,1] vs. [1,150,10,16]"). So at least two runs are mapped: a
         # lone run also as a copy, whose values are dropped and whose gradient is stopped.
+        # (No stop_gradient on the copy: forward-over-reverse through it gives IndexedSlices that
+        # the curvature probe's jvp cannot take; the copy's values are dropped, so is its gradient.)
         k = tf.shape(x)[0]
-        extra = tf.maximum(2 - k, 0)
-        widened = tf.nest.map_structure(lambda t: tf.concat([t, tf.stop_gradient(t[:extra])], axis=0),
-                                        (theta, state, x, y))
-        losses, accuracies, new_state = tf.vectorized_map(one_run, widened)
-        return losses[:k], accuracies[:k], [s[:k] for s in new_state]
+        twice = [tf.concat([t, t[:tf.maximum(2 - k, 0)]], 0) for t in (*theta, *state, x, y)]
+        theta2, state2 = twice[:len(theta)], twice[len(theta):len(theta) + len(state)]
+        losses, accuracies, new_state = tf.vectorized_map(one_run, (theta2, state2, twice[-2], twice[-1]))
+        return losses[:k], accuracies[:k], [v[:k] for v in new_state]
 
 
 def per_sample(values):
