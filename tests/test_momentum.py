@@ -151,3 +151,11 @@ def test_a_momentum_study_writes_and_maps_its_axes(tmp_path):
     assert effects.axis.tolist() == ["momentum"] and effects.value.tolist() == ["0.9"]
     assert effects.reference.tolist() == ["0"]
     assert set(maps.load_map(out).momentum) == {0.0, 0.9}
+
+
+def test_the_claims_space_leaves_the_new_axes_at_their_defaults_unsaid():
+    from sweep.claims.studies import claim_studies, space_text
+
+    text = space_text(claim_studies("exploding_gradients")["space"])
+    assert text.endswith("held: scaler=none, loss=binary_crossentropy, schedule=constant")  # as in results/REPORT.md
+    assert not any(a in text for a in ("momentum", "nesterov", "precision", "loss_scaling"))

@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..catalog import EXAMPLES, Example
-from ..spec import CLIP_AXES, OPTIMIZERS, SCALERS, SETTING_AXES, Study, parse
+from ..spec import AXIS_DEFAULTS, CLIP_AXES, OPTIMIZERS, SCALERS, SETTING_AXES, Study, parse
 from ..spec import format_value as _fmt
 
 SEEDS = (0, 1, 2, 3, 4)  # at least five seeds per configuration (docs/design.md)
@@ -143,13 +143,14 @@ def claim_studies(example_id: str, quick: bool = False, engine: str | None = Non
 
 def space_text(study: Study) -> str:
     """The explored space written out: the axes it varies with their values, the seeds and
-    epochs; then the axes it holds at the example's values (absent clipping left unsaid)."""
+    epochs; then the axes it holds at the example's values (absent clipping, and the axes
+    added since at their defaults, left unsaid)."""
     varied, held = [], []
     for axis in ("learning_rate", *SETTING_AXES):
         values = study.grid[axis]
         if len(values) > 1:
             varied.append(f"{axis} {', '.join(_fmt(v) for v in values)}")
-        elif values != (None,):
+        elif values not in ((None,), (AXIS_DEFAULTS.get(axis),)):
             held.append(f"{axis}={_fmt(values[0])}")
     return (f"{'; '.join(varied)}; {len(study.seeds)} seed{'s' * (len(study.seeds) > 1)}, "
             f"{study.epochs} epochs ({len(study.plan())} runs); held: {', '.join(held)}")
