@@ -253,14 +253,16 @@ def update_loop(K: int, shapes, full: bool, steps: int):
 
 
 def bench_figures(path: str, quick: bool) -> dict | None:
-    """The medians `sweep bench` (`--quick` or not, as this run) measured: speedups, share of the
-    ceiling, pass seconds; None if it has not measured that set."""
+    """The medians `sweep bench` (`--quick` or not, as this run) measured on its mlp set, the one
+    this script's floors are of: speedups, share of the ceiling, pass seconds; None if it has not
+    measured that set."""
     if not os.path.exists(path):
         return None
     import pandas as pd
 
     b = pd.read_parquet(path)
-    b = b[b.quick == quick]
+    # The mlp set's rows: a file from before there were sets (schema_version 2) holds no others.
+    b = b[(b.quick == quick) & ((b.set == "mlp") if "set" in b else True)]
     if b.empty:
         return None
     fit = b[b.measurement == "plain_fit"].set_index("repetition").runs_per_s

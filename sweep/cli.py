@@ -22,6 +22,8 @@ import click
 from rich.console import Console
 
 from .driver.progress import plan_text, progress_printer, summary_text
+from .probes.bench import DEFAULT_SET
+from .probes.bench import SETS as BENCH_SETS
 from .probes.lrfind import DEFAULT_RULE, RULES
 from .results import reports
 from .results.rangetest import LRFIND_FILE
@@ -258,16 +260,27 @@ def reproduce(quick: bool, results_dir: str, engine: str | None) -> None:
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="CI form: 8 configurations, 3 epochs, 2 runs in the loops (not reference figures).")
-@click.option("--results", "results_dir", default="results", show_default=True, help="bench.parquet goes here.")
-def bench(quick: bool, results_dir: str) -> None:
-    """Time the population engine (cold, and with its compiled programs cached), the keras engine
-    through the pool and the plain Keras loop on the same configurations; the last lines are
-    `speedup_cached: N.Nx` and `speedup: N.Nx` (population / plain loop)."""
-    from .probes.bench import run_bench, speedup_lines, table
+@click.option("--quick", is_flag=True, help="CI form: a few configurations and epochs, 2 runs in the loops "
+              "(not reference figures).")
+@click.option("--set", "sets", type=click.Choice(list(BENCH_SETS)), multiple=True, default=(DEFAULT_SET,),
+              show_default=True, help="Bench set: mlp (the catalog MLP), user_mlp (the same as a user builder), cnn, rnn; "
+              "repeat to measure several in one run, set after set in each repetition.")
+@click.option("--results", "results_dir", default="results", show_default=True,
+              help="bench.parquet goes here (the rows of other sets already in it are kept).")
+def bench(quick: bool, sets: tuple[str, ...], results_dir: str) -> None:
+    """Time the population engine (cold, and with its compiled programs cached) and the plain
+    Keras loop on the same configurations of each bench set (mlp: also the keras engine through
+    the pool); for one set the last lines are `speedup_cached: N.Nx` and `speedup: N.Nx`
+    (population / plain loop)."""
+    from .probes.bench import BenchFileError, run_bench, sets_of, speedup_lines, table
 
-    measurements = run_bench(quick=quick, results=results_dir, progress=lambda s: click.echo(s, err=True))
-    wide(110).print(table(measurements, quick, Path(results_dir) / "bench.parquet"))  # seven columns, uncut
+    try:
+        measurements = run_bench(quick=quick, results=results_dir, progress=lambda s: click.echo(s, err=True),
+                                 sets=sets)
+    except BenchFileError as exc:
+        raise BadInput(str(exc)) from None
+    for name in sets_of(measurements):
+        wide(110).print(table(measurements, quick, Path(results_dir) / "bench.parquet", name))  # seven columns, uncut
     for line in speedup_lines(measurements):
         click.echo(line)
 
