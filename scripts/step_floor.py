@@ -86,8 +86,8 @@ def step_epoch(study, runs, jit: bool = True) -> tuple:
     alive = tf.constant(np.ones(len(runs), bool))
 
     def epoch():
-        out = p.program.run_epoch(p.theta, p.slots, alive, tf.constant(0), order, p.x, p.y, p.choice, lr,
-                                  *p.thresholds)
+        out = p.program.run_epoch(p.theta, p.state, p.slots, alive, tf.constant(0), order, p.x, p.y, p.choice, lr,
+                                  *p.hyper)
         out[-1].numpy()
 
     return epoch, n_steps, p.program.shape.archs[0]
