@@ -237,7 +237,7 @@ def update_loop(K: int, shapes, full: bool, steps: int):
             if full:
                 squares = tf.stack([tf.reduce_sum(tf.square(t), axis=list(range(1, len(t.shape)))) for t in gs], 1)
                 norm = tf.sqrt(tf.reduce_sum(squares, axis=1))
-                gs, _ = clip(gs, squares, norm, clipnorm, off, off, frozenset({"clipnorm"}))
+                gs, _, _ = clip(gs, squares, norm, clipnorm, off, off, frozenset({"clipnorm"}))
             out = [update("adam", w, t, {"m": a, "v": b}, lr, i) for w, t, a, b in zip(theta, gs, m, v)]
             theta = [o[0] for o in out]
             if full:

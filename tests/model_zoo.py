@@ -17,13 +17,13 @@ Dropout).
 * `token_conv`: Conv1D - LayerNormalization - Dense softmax on a token-classification task: each
   of `TOKENS` tokens (one-hot) labelled by how it compares with the one before it (smaller,
   equal, greater), one softmax per token;
+* `embed_conv`: `token_conv` reading token ids through an Embedding, whose table gets a sparse
+  gradient (`tf.IndexedSlices`) that Keras's optimizers treat slice by slice;
 * `mlp_bn_dropout`: Dense - BatchNormalization - Dropout - Dense - Dense sigmoid on a
   nonlinear binary task, binary cross-entropy;
 
-and three the engine cannot express, which train on the keras engine run by run:
+and two the engine cannot express, which train on the keras engine run by run:
 
-* `embed_conv`: `token_conv` reading token ids through an Embedding, whose table gets a sparse
-  gradient (`tf.IndexedSlices`) that Keras's optimizers treat slice by slice;
 * `variable_length`: `lstm` with an input of unknown length (`Input((None, 2))`), which the
   engine cannot unroll or stack;
 * `sum_loss`: a small MLP whose loss reduces with "sum", where the engine averages.

@@ -35,9 +35,11 @@ from . import Outcome, batch_order, make_optimizer, problem
 
 
 def clipping_acted(config: Config, grads, global_norm):
-    """True when the optimizer's clipping changed this step's gradients (Keras's own tests)."""
+    """True when the optimizer's clipping changed this step's gradients (Keras's own tests; an
+    Embedding's `tf.IndexedSlices` by its slices, as Keras's norms and clip_by_value take them)."""
     import tensorflow as tf
 
+    grads = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
     if config.clipnorm is not None:
         return tf.reduce_any(tf.stack([tf.norm(g) > config.clipnorm for g in grads]))
     if config.global_clipnorm is not None:

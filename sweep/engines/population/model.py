@@ -28,6 +28,7 @@ tensor per variable, the form the program trains::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from dataclasses import dataclass, field, replace
@@ -118,7 +119,7 @@ UNROLL_MAX_STEPS = 100
 class Graph:
     """Any single-input, single-output float32 Keras model, run by its own layer code.
 
-    `evaluate` is `Model.stateless_call` under `tf.vectorized_map` over the runs, with the loss
+    `evaluate` is `Model.stateless_call` under `vectorized_map` over the runs, with the loss
     and accuracy computed inside the map, on the model's own output tensor: a sigmoid or softmax
     output carries its logits there, and Keras's cross-entropies read them, as in `model.fit`.
     Programs are shared by models of one `signature` (their layer configurations and loss); the
@@ -134,6 +135,8 @@ class Graph:
     accuracy: str
     jit: bool  # False when XLA cannot compile it as Keras computes it (a long recurrent loop, random draws)
     exact_batches: bool  # a step depends on its batch as a whole (batch statistics, random masks)
+    # The Embedding tables, whose gradient Keras receives slice by slice (`Lookup`).
+    lookups: tuple["Lookup", ...]
     model: Any = field(compare=False, hash=False, repr=False)
     loss: Any = field(compare=False, hash=False, repr=False)
 
@@ -150,23 +153,31 @@ class Graph:
     def key(self) -> tuple:
         return (self.signature, self.accuracy, self.jit)
 
-    def evaluate(self, theta: list, state: list, x, y, training: bool):
+    def evaluate(self, theta: list, state: list, x, y, training: bool, taps: list | None = None):
         """Per-sample loss and accuracy of every run, [K, B] each, and the runs' new state, for
-        the stacked weights `theta`, state `state`, inputs x [K, B, ...] and targets y [K, B, ...]."""
+        the stacked weights `theta`, state `state`, inputs x [K, B, ...] and targets y [K, B, ...].
+
+        With `taps` (one [K, B, *lookup.shape] tensor of zeros per `Lookup`), each Embedding's
+        output is its lookup plus its tap, so that the gradient with respect to a tap is the
+        gradient of every row looked up, slice by slice, as Keras's optimizer receives it; the
+        ids looked up, [K, B, ...] per `Lookup`, are returned fourth (an empty list without)."""
         import tensorflow as tf
 
         from .convolution import install
 
         install()  # before the map is traced: each run's own Conv2D kernel as batched ops, not a loop
         loss, accuracy = self.loss, per_sample_accuracy(self.accuracy)
+        taps = taps or []
+        tables = [lookup.layer(self.model) for lookup in self.lookups] if taps else []
 
         def one_run(args):
-            weights, own_state, xb, yb = args
-            pred, own_state = self.model.stateless_call(weights, own_state, xb, training=training)
+            weights, own_state, own_taps, xb, yb = args
+            with tapped(tables, own_taps) as ids:
+                pred, own_state = self.model.stateless_call(weights, own_state, xb, training=training)
             # Loss.__call__ without its reduction: the per-sample values it averages.
             values = loss.call(tf.convert_to_tensor(yb, loss.dtype), tf.convert_to_tensor(pred, loss.dtype))
             acc = accuracy(yb, pred)
-            return per_sample(values), per_sample(acc), own_state
+            return per_sample(values), per_sample(acc), own_state, ids
 
         # pfor turns a squeeze of every size-1 axis into one that also drops the run axis when
         # there is one run (known only at run time: K is not part of the trace). keras.ops.add
@@ -176,10 +187,82 @@ class Graph:
         # (No stop_gradient on the copy: forward-over-reverse through it gives IndexedSlices that
         # the curvature probe's jvp cannot take; the copy's values are dropped, so is its gradient.)
         k = tf.shape(x)[0]
-        twice = [tf.concat([t, t[:tf.maximum(2 - k, 0)]], 0) for t in (*theta, *state, x, y)]
-        theta2, state2 = twice[:len(theta)], twice[len(theta):len(theta) + len(state)]
-        losses, accuracies, new_state = tf.vectorized_map(one_run, (theta2, state2, twice[-2], twice[-1]))
-        return losses[:k], accuracies[:k], [v[:k] for v in new_state]
+        twice = [tf.concat([t, t[:tf.maximum(2 - k, 0)]], 0) for t in (*theta, *state, *taps, x, y)]
+        ends = np.cumsum([len(theta), len(state), len(taps)])
+        theta2, state2, taps2 = twice[:ends[0]], twice[ends[0]:ends[1]], twice[ends[1]:ends[2]]
+        losses, accuracies, new_state, ids = vectorized_map(one_run, (theta2, state2, taps2, twice[-2], twice[-1]))
+        return losses[:k], accuracies[:k], [v[:k] for v in new_state], [i[:k] for i in ids]
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """An Embedding's table: its place among the model's trainable variables, its layer's path,
+    and the shape of one sample's lookup (the layer's output without the batch axis).
+
+    Keras hands such a table's gradient to the optimizer as `tf.IndexedSlices`, one slice per
+    id looked up, and its TensorFlow arithmetic squares the slices before adding them up (the
+    norms of clipnorm and global_clipnorm, clipnorm's and clipvalue's clipping, Adam's and
+    RMSprop's second moment unless global_clipnorm made the gradient dense): a row looked up n times in a batch gets the sum of n squares where its
+    dense gradient has the square of the sum. The step keeps the slices for that (`step.Slices`)."""
+
+    variable: int
+    path: str
+    shape: tuple[int, ...]
+
+    def layer(self, model):
+        return next(layer for layer in model._flatten_layers() if getattr(layer, "embeddings", None) is not None
+                    and layer.embeddings.path == self.path)
+
+
+@contextlib.contextmanager
+def tapped(tables: list, taps: list):
+    """While Keras's model runs: each Embedding of `tables` returns its lookup plus its tap (of
+    `taps`, zeros), and the ids it looked up are appended to the list this yields. Keras's own
+    Embedding.call, with the tap added before the cast to the compute dtype."""
+    from keras import ops
+
+    ids: list = []
+
+    def call(layer, tap):
+        def looked_up(inputs):
+            if inputs.dtype != "int32" and inputs.dtype != "int64":
+                inputs = ops.cast(inputs, "int32")
+            ids.append(inputs)
+            return ops.cast(ops.take(layer.embeddings, inputs, axis=0) + tap, dtype=layer.compute_dtype)
+        return looked_up
+
+    for layer, tap in zip(tables, taps):
+        layer.call = call(layer, tap)  # an instance attribute: Layer.__call__ calls self.call
+    try:
+        yield ids
+    finally:
+        for layer in tables:
+            del layer.call
+
+
+def vectorized_map(fn: Callable, elems):
+    """`tf.vectorized_map(fn, elems)` (dense tensors), traced into the caller's graph.
+
+    Under XLA, TensorFlow's wraps the vectorized loop in a tf.function of its own. A gradient
+    through it needs some of the loop's values as compile-time constants (the reduction axes
+    pfor computes for a Mean), and XLA's constant analysis, which cannot see inside the call,
+    then marks every input of the call constant: the weights, the data and the batch order. The
+    program was compiled again at every epoch (a new batch order), and each compilation mapped
+    more executable sections: an MLP's 8 runs x 20 epochs mapped 5,469, and the 792 runs of
+    `sweep bench --set user_mlp` ran out of mappings ("LLVM ERROR: Unable to allocate section
+    memory"). Traced inline, XLA compiles the program once per shape. The wrapper's reason (not
+    compiling pfor's placeholders) does not arise: the caller's program is itself a function,
+    and XLA compiles what its outputs need."""
+    import tensorflow as tf
+    from tensorflow.python.ops.parallel_for.control_flow_ops import _broadcasting_gather, _pfor_impl
+
+    if tf.executing_eagerly():
+        return tf.vectorized_map(fn, elems)
+    flat = tf.nest.flatten(elems)
+    static = [t.shape[0] for t in flat]
+    n = max(static) if None not in static else tf.reduce_max([tf.shape(t)[0] for t in flat])
+    return _pfor_impl(lambda i: fn(tf.nest.map_structure(lambda t: _broadcasting_gather(t, i), elems)), n,
+                      fallback_to_while_loop=True)
 
 
 def per_sample(values):
@@ -259,13 +342,10 @@ def draws_random(graph) -> bool:
 
 
 def sparse_gradients(model, loss, graph, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> list[str]:
-    """The trainable variables whose gradient Keras receives as `tf.IndexedSlices` (an Embedding's
-    table, any variable read by a gather): one slice per lookup, a row looked up twice in a batch
-    twice. Keras's TensorFlow optimizers square such a gradient slice by slice (Adam's and
-    RMSprop's second moment, clipnorm's and global_clipnorm's norms; the keras engine's gradient
-    norm likewise), so a row looked up n times gets the sum of n squares where the dense gradient,
-    which the population engine computes, has the square of the sum. Only a forward pass that
-    gathers (`graph`, `training_graph`'s) is traced again for its gradient."""
+    """The paths of the trainable variables whose gradient Keras receives as `tf.IndexedSlices`
+    (an Embedding's table, any variable read by a gather): one slice per lookup, a row looked up
+    twice in a batch twice (what Keras's arithmetic does with them: `Lookup`). Only a forward
+    pass that gathers (`graph`, `training_graph`'s) is traced again for its gradient."""
     import tensorflow as tf
 
     if not any("Gather" in op.type for op in graph.get_operations()):
@@ -314,10 +394,16 @@ def read_graph(model, loss, accuracy: str) -> tuple[Graph, tuple[np.ndarray, ...
         raise Unsupported(f"model {model.name} has inputs {input_shape} or outputs {output_shape} of unknown size")
     variables, state = model.trainable_variables, model.non_trainable_variables
     traced = training_graph(model, input_shape)
-    sparse = sparse_gradients(model, loss, traced, input_shape, output_shape)
-    if sparse:
-        raise Unsupported(f"variable {sparse[0]} gets a sparse gradient (tf.IndexedSlices, e.g. an Embedding's), "
-                          "which Keras's optimizers and clipping square slice by slice; the engine's gradients are dense")
+    lookups = []
+    tables = {layer.embeddings.path: layer for layer in model._flatten_layers()
+              if isinstance(layer, keras.layers.Embedding)}
+    paths = [v.path for v in variables]
+    for path in sparse_gradients(model, loss, traced, input_shape, output_shape):
+        layer = tables.get(path)
+        if layer is None or getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+            raise Unsupported(f"variable {path} gets a sparse gradient (tf.IndexedSlices) from a layer other than "
+                              "a plain Embedding; the engine keeps the slices of Embedding tables only")
+        lookups.append(Lookup(paths.index(path), path, tuple(layer.output.shape[1:])))
     random = draws_random(traced)
     # XLA draws other random numbers than TensorFlow's kernels for the same seeds: a model with
     # Dropout runs unjitted, as the keras engine does, so that every run draws Keras's masks.
@@ -325,7 +411,7 @@ def read_graph(model, loss, accuracy: str) -> tuple[Graph, tuple[np.ndarray, ...
     exact = random or any(isinstance(layer, keras.layers.BatchNormalization)
                                         for layer in model._flatten_layers())
     graph = Graph(signature(model, loss), tuple(tuple(v.shape) for v in variables), tuple(tuple(v.shape) for v in state),
-                  tuple(str(v.dtype) for v in state), input_shape, output_shape, activation_floats(traced), accuracy, jit, exact, model, loss)
+                  tuple(str(v.dtype) for v in state), input_shape, output_shape, activation_floats(traced), accuracy, jit, exact, tuple(lookups), model, loss)
     values = tuple(np.asarray(v.numpy()) for v in (*variables, *state))
     for v in values:
         v.setflags(write=False)

@@ -19,7 +19,7 @@ RMSprop). `Step` puts them together, with the finiteness test that stops a run::
     >>> g = tf.constant([[3.0, 4.0], [3.0, 4.0]])       # its gradient: norm 5 in each run
     >>> squares = tf.reduce_sum(tf.square(g), axis=1)[:, None]
     >>> off, on = tf.constant([0.0, 0.0]), tf.constant([0.0, 1.0])  # run 1 clips to norm 1
-    >>> [g], acted = clip([g], squares, tf.sqrt(squares[:, 0]), on, off, off, frozenset({"clipnorm"}))
+    >>> [g], acted, _ = clip([g], squares, tf.sqrt(squares[:, 0]), on, off, off, frozenset({"clipnorm"}))
     >>> g.numpy().tolist(), acted.numpy().tolist()
     ([[3.0, 4.0], [0.6000000238418579, 0.800000011920929]], [False, True])
     >>> theta, slots = update("sgd", theta, g, {}, tf.constant([0.5, 0.5]), iteration=0)
@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from ...catalog import make_loss
-from .model import Architecture, Graph, Unsupported, per_sample_accuracy
+from .model import Architecture, Graph, Unsupported, per_sample_accuracy, vectorized_map
 
 # Keras's defaults for the optimizers the sweep builds (keras.optimizers.Adam(), SGD(), RMSprop()).
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
@@ -94,7 +94,7 @@ def per_sample_loss(name: str) -> Callable:
     written = make_loss(name)  # written for one run's batch; here each sample is a batch of one
 
     def per_sample(y, pred):
-        flat = tf.vectorized_map(lambda t: written(t[0][None], t[1][None]),
+        flat = vectorized_map(lambda t: written(t[0][None], t[1][None]),
                                  (tf.reshape(y, [-1, y.shape[-1]]), tf.reshape(pred, [-1, pred.shape[-1]])))
         return tf.reshape(flat, tf.shape(y)[:2])
 
@@ -122,16 +122,62 @@ def masked_mean(values, valid, count):
     return tf.reduce_sum(tf.where(valid[None, :], values, tf.zeros_like(values)), axis=1) / count
 
 
-def clip(grads: list, squares, global_norm, clipnorm, global_clipnorm, clipvalue, kinds: frozenset):
+class Slices:
+    """An Embedding table's gradient as Keras's optimizer receives it (`model.Lookup`): for every
+    run, the gradient of each id looked up, `values` [K, N, D], and the `ids` [K, N] of the
+    table's `rows` rows they belong to. Keras's TensorFlow arithmetic adds them up
+    (`tf.convert_to_tensor`, an unsorted segment sum) wherever a dense tensor meets them, and
+    squares or clips them slice by slice where the op is elementwise; `rows` is that sum."""
+
+    def __init__(self, values, segments, shape):
+        self.values, self.segments, self.shape = values, segments, shape
+
+    @classmethod
+    def looked_up(cls, values, ids, rows: int) -> "Slices":
+        import tensorflow as tf
+
+        k = tf.shape(ids)[0]
+        # Every run's ids offset into a segment range of its own: one segment sum for all runs.
+        return cls(values, tf.reshape(ids + tf.range(k, dtype=ids.dtype)[:, None] * rows, [-1]),
+                   tf.concat([[k, rows], tf.shape(values)[2:]], 0))
+
+    def scaled(self, values) -> "Slices":
+        """The same ids with other values."""
+        return Slices(values, self.segments, self.shape)
+
+    def sum(self, values=None):
+        """The dense gradient [K, rows, D] of `values` (default: the slices) as Keras densifies it."""
+        import tensorflow as tf
+
+        values = self.values if values is None else values
+        flat = tf.reshape(values, tf.concat([[-1], tf.shape(values)[2:]], 0))
+        return tf.reshape(tf.math.unsorted_segment_sum(flat, self.segments, tf.reduce_prod(self.shape[:2])),
+                          self.shape)
+
+    def squares(self):
+        """Each run's sum of squared slices, [K]: what Keras's norms of this gradient add up."""
+        import tensorflow as tf
+
+        return tf.reduce_sum(tf.square(self.values), axis=list(range(1, len(self.values.shape))))
+
+
+def clip(grads: list, squares, global_norm, clipnorm, global_clipnorm, clipvalue, kinds: frozenset,
+         slices: dict | None = None):
     """Keras's `BaseOptimizer._clip_gradients` for every run, on the stacked gradients [K, *shape]
     of each variable (a threshold of 0 means that kind is off for the run: Keras's own test is
     `if self.clipnorm and self.clipnorm > 0`). `squares` [K, variables] holds each variable's sum
-    of squared gradients. Returns the gradients and whether clipping acted, by the keras engine's
-    tests: some variable's norm above `clipnorm`, the global norm above `global_clipnorm`, some
-    component beyond `clipvalue`."""
+    of squared gradients. `slices` holds, by variable index, the `Slices` of the variables whose
+    gradient Keras receives slice by slice (`grads` holds their sums). Returns the gradients,
+    whether clipping acted, by the keras engine's tests (some variable's norm above `clipnorm`,
+    the global norm above `global_clipnorm`, some component beyond `clipvalue`), and per variable
+    the square its optimizer's second moment adds where it is not the gradient's square (a
+    sliced gradient that global_clipnorm did not turn dense), else None."""
     import tensorflow as tf
 
+    slices = slices or {}
     acted = tf.zeros_like(clipnorm, dtype=tf.bool)
+    dense = tf.zeros_like(clipnorm, dtype=tf.bool)  # runs whose clipping turned sliced gradients dense
+    slices = dict(slices)
     if "clipnorm" in kinds:
         on = clipnorm > 0
         # BaseOptimizer._clip_by_norm, variable by variable, with its two-tap where at zero.
@@ -143,7 +189,11 @@ def clip(grads: list, squares, global_norm, clipnorm, global_clipnorm, clipvalue
         one = tf.ones_like(clipnorm)
         factor = tf.where(on, clipnorm, one)
         denominator = tf.where(on[:, None], tf.maximum(l2norm, c), one[:, None])
-        grads = [(g * per_run(factor, len(g.shape))) / per_run(denominator[:, i], len(g.shape))
+        # A sliced gradient stays sliced: Keras scales and divides each slice.
+        slices = {i: s.scaled((s.values * per_run(factor, 3)) / per_run(denominator[:, i], 3))
+                  for i, s in slices.items()}
+        grads = [slices[i].sum() if i in slices
+                 else (g * per_run(factor, len(g.shape))) / per_run(denominator[:, i], len(g.shape))
                  for i, g in enumerate(grads)]
         acted = acted | (on & tf.reduce_any(l2norm > c, axis=1))
     if "global_clipnorm" in kinds:
@@ -152,28 +202,43 @@ def clip(grads: list, squares, global_norm, clipnorm, global_clipnorm, clipvalue
         scale = global_clipnorm * tf.minimum(1.0 / global_norm, 1.0 / global_clipnorm)
         scale = scale + (global_norm - global_norm)
         scale = tf.where(on, scale, tf.ones_like(scale))  # x * 1 is x: no select over the gradients
+        # A sliced gradient times a tensor is its sum times it (Tensor.__rmul__ converts it).
         grads = [g * per_run(scale, len(g.shape)) for g in grads]
         acted = acted | (on & (global_norm > global_clipnorm))
+        dense = dense | on
+    squared: list = [None] * len(grads)
+    for i, s in slices.items():
+        squared[i] = s.sum(tf.square(s.values))
     if "clipvalue" in kinds:
         on = clipvalue > 0
         clipped = []
-        for g in grads:
+        for i, g in enumerate(grads):
             v = per_run(clipvalue, len(g.shape))
+            if i in slices:  # Keras clips the slices (tf.clip_by_value keeps IndexedSlices)
+                s = slices[i]
+                values = tf.clip_by_value(s.values, -per_run(clipvalue, 3), per_run(clipvalue, 3))
+                acted = acted | (on & tf.reduce_any(tf.abs(s.values) > per_run(clipvalue, 3), axis=[1, 2]))
+                clipped.append(tf.where(per_run(on, len(g.shape)), s.sum(values), g))
+                squared[i] = tf.where(per_run(on, len(g.shape)), s.sum(tf.square(values)), squared[i])
+                continue
             axes = list(range(1, len(g.shape)))
             acted = acted | (on & tf.reduce_any(tf.abs(g) > v, axis=axes))
             clipped.append(tf.where(per_run(on, len(g.shape)), tf.clip_by_value(g, -v, v), g))
         grads = clipped
-    return grads, acted
+    for i in slices:
+        squared[i] = tf.where(per_run(dense, len(grads[i].shape)), tf.square(grads[i]), squared[i])
+    return grads, acted, squared
 
 
-def update(optimizer: str, theta, g, slots: dict, lr, iteration, momentum=None, nesterov=None):
+def update(optimizer: str, theta, g, slots: dict, lr, iteration, momentum=None, nesterov=None, squared=None):
     """One optimizer update of every run, keras/src/optimizers/{adam,sgd,rmsprop}.py `update_step`
     on one stacked variable [K, *shape] (Keras applies the same arithmetic to each variable).
     `lr` is [K]; `iteration` is Keras's `optimizer.iterations` before this step.
     SGD with `momentum` ([K] float, with its `SGD_MOMENTUM_SLOTS` in `slots`) and `nesterov`
     ([K] bool): Keras's momentum branch for the runs whose momentum is not 0, its plain branch
     for the others (whose slot stays as it was, as Keras builds none for them); without
-    `momentum` every run takes the plain branch. Returns (theta, slots).
+    `momentum` every run takes the plain branch. `squared`: the square Adam's and RMSprop's second
+    moment adds where it is not tf.square(g) (a sliced gradient's, `clip`). Returns (theta, slots).
 
     >>> import tensorflow as tf
     >>> theta, g, lr = tf.ones([3, 2]), tf.fill([3, 2], 2.0), tf.fill([3], 0.1)
@@ -186,6 +251,7 @@ def update(optimizer: str, theta, g, slots: dict, lr, iteration, momentum=None, 
     import tensorflow as tf
 
     lr = per_run(lr, len(theta.shape))
+    squared = tf.square(g) if squared is None else squared
     if optimizer == "adam":
         b1, b2, eps = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
         local_step = tf.cast(iteration + 1, theta.dtype)
@@ -193,7 +259,7 @@ def update(optimizer: str, theta, g, slots: dict, lr, iteration, momentum=None, 
         beta_2_power = tf.pow(tf.constant(b2, theta.dtype), local_step)
         alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
         m = slots["m"] + (g - slots["m"]) * (1 - b1)
-        v = slots["v"] + (tf.square(g) - slots["v"]) * (1 - b2)
+        v = slots["v"] + (squared - slots["v"]) * (1 - b2)
         return theta - (m * alpha) / (tf.sqrt(v) + eps), {"m": m, "v": v}
     if optimizer == "sgd" and momentum is not None:
         on = per_run(tf.not_equal(momentum, 0), len(theta.shape))
@@ -208,7 +274,7 @@ def update(optimizer: str, theta, g, slots: dict, lr, iteration, momentum=None, 
         return theta - g * lr, {}
     if optimizer == "rmsprop":  # rho 0.9, momentum 0, not centered
         rho, eps = RMSPROP["rho"], RMSPROP["epsilon"]
-        velocity = rho * slots["velocity"] + (1 - rho) * tf.square(g)
+        velocity = rho * slots["velocity"] + (1 - rho) * squared
         return theta - (lr * g) / tf.sqrt(velocity + eps), {"velocity": velocity}
     raise Unsupported(f"optimizer {optimizer!r}")
 
@@ -231,7 +297,7 @@ class Step:
     def evaluate(self, theta: list, state: list, x, y, choice, training: bool):
         """Per-sample loss and accuracy of every run, [K, B] each, and the runs' new state."""
         if self.graph:
-            return self.archs[0].evaluate(theta, state, x, y, training)
+            return self.archs[0].evaluate(theta, state, x, y, training)[:3]
         pred = forward(self.archs, theta, x, choice)
         return self.loss(y, pred), self.accuracy(y, pred), state
 
@@ -246,18 +312,34 @@ class Step:
         updated weight are finite."""
         import tensorflow as tf
 
+        lookups = self.archs[0].lookups if self.graph else ()
+        # An Embedding table's gradient is taken as its slices: the gradient of a zero added to
+        # each lookup (`Graph.evaluate`), not of the table, whose gradient would be their sum.
+        taps = [tf.zeros(tf.concat([tf.shape(xb)[:2], lookup.shape], 0)) for lookup in lookups]
+        tables = {lookup.variable for lookup in lookups}
         with tf.GradientTape() as tape:
-            tape.watch(theta)
-            losses, accuracies, state = self.evaluate(theta, state, xb, yb, choice, training=True)
+            tape.watch([theta, taps])
+            if self.graph:
+                losses, accuracies, state, ids = self.archs[0].evaluate(theta, state, xb, yb, True, taps)
+            else:
+                losses, accuracies, state = self.evaluate(theta, state, xb, yb, choice, training=True)
             loss = masked_mean(losses, valid, count)
             # The sum's gradient with respect to run k's weights is run k's own gradient.
             total = tf.reduce_sum(loss)
-        grads = tape.gradient(total, theta)
-        squares = tf.stack([tf.reduce_sum(tf.square(g), axis=list(range(1, len(g.shape)))) for g in grads], axis=1)
+        dense_grads, tap_grads = tape.gradient(total, [[w for i, w in enumerate(theta) if i not in tables], taps])
+        found, slices = iter(dense_grads), {}
+        for lookup, tap, looked_up in zip(lookups, tap_grads, ids if lookups else ()):
+            k = tf.shape(tap)[0]
+            slices[lookup.variable] = Slices.looked_up(tf.reshape(tap, [k, -1, tap.shape[-1]]), tf.reshape(looked_up, [k, -1]),
+                                             theta[lookup.variable].shape[1])
+        grads = [slices[i].sum() if i in slices else next(found) for i in range(len(theta))]
+        squares = tf.stack([slices[i].squares() if i in slices else tf.reduce_sum(tf.square(g), axis=list(range(1, len(g.shape))))
+                            for i, g in enumerate(grads)], axis=1)
         norm = tf.sqrt(tf.reduce_sum(squares, axis=1))
-        grads, acted = clip(grads, squares, norm, clipnorm, global_clipnorm, clipvalue, self.clip_kinds)
-        extra = (momentum, nesterov) if self.momentum else ()
-        updated = [update(self.optimizer, w, g, {name: s[i] for name, s in slots.items()}, lr, iteration, *extra)
+        grads, acted, squared = clip(grads, squares, norm, clipnorm, global_clipnorm, clipvalue, self.clip_kinds, slices)
+        extra = (momentum, nesterov) if self.momentum else (None, None)
+        updated = [update(self.optimizer, w, g, {name: s[i] for name, s in slots.items()}, lr, iteration, *extra,
+                          squared=squared[i])
                    for i, (w, g) in enumerate(zip(theta, grads))]
         theta = [w for w, _ in updated]
         slots = {name: [new[name] for _, new in updated] for name in slots}
