@@ -43,17 +43,20 @@ def hidden_widths(depth: int = len(HIDDEN)) -> tuple[int, ...]:
 
 
 def mlp(n_features: int, activation: str, n_out: int, out_activation: str | None, *,
-        depth: int = len(HIDDEN), kernel_initializer: str = "glorot_uniform"):
+        depth: int = len(HIDDEN), kernel_initializer: str = "glorot_uniform", l1: float = 0.0, l2: float = 0.0):
     """The documents' MLP: Dense 128-64 (`depth` hidden layers: `hidden_widths`) with the swept
-    activation, then the output layer; every kernel drawn by `kernel_initializer`."""
+    activation, then the output layer; every kernel drawn by `kernel_initializer` and, where `l1`
+    or `l2` is not 0, penalised by Keras's `L1L2(l1, l2)` (l1 x sum |w| + l2 x sum w^2 per kernel,
+    added to the loss that is differentiated; the losses the sweep reports are the data loss)."""
     import keras
 
-    return keras.Sequential(
-        [keras.Input((n_features,))]
-        + [keras.layers.Dense(width, activation=activation, kernel_initializer=kernel_initializer)
-           for width in hidden_widths(depth)]
-        + [keras.layers.Dense(n_out, activation=out_activation, kernel_initializer=kernel_initializer)]
-    )
+    def dense(units: int, act):
+        regularizer = keras.regularizers.L1L2(l1=l1, l2=l2) if l1 or l2 else None
+        return keras.layers.Dense(units, activation=act, kernel_initializer=kernel_initializer,
+                                  kernel_regularizer=regularizer)
+
+    return keras.Sequential([keras.Input((n_features,))] + [dense(width, activation) for width in hidden_widths(depth)]
+                            + [dense(n_out, out_activation)])
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class Knob:
     default: Any
     allowed: str
     ok: Callable[[Any], bool]
+
+
+def _penalty(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
 
 
 # Initializers Keras makes from their name alone (keras.initializers.get), the ones people sweep.
@@ -77,6 +84,9 @@ MLP_KNOBS: dict[str, Knob] = {
                   lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64),
     "kernel_initializer": Knob("glorot_uniform", "a Keras initializer name: " + ", ".join(INITIALIZERS),
                                lambda v: v in INITIALIZERS),
+    # The optimizer write-up's "L1 or L2 regularization can help prevent weights from growing too large".
+    "l1": Knob(0.0, "a number >= 0 (L1 penalty on every kernel)", lambda v: _penalty(v)),
+    "l2": Knob(0.0, "a number >= 0 (L2 penalty on every kernel)", lambda v: _penalty(v)),
 }
 
 

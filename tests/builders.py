@@ -145,3 +145,20 @@ def tiny_cnn(activation: str, seed: int):
                               keras.layers.Flatten(), keras.layers.Dense(1, activation="sigmoid")])
     model.compile(loss="binary_crossentropy")
     return model, x, y
+
+
+def regularized_model(activation: str, seed: int, l2: float = 0.01):
+    """`tiny_model` with Keras's own penalties: an L2 on the first kernel (the knob), an L1 on
+    the second and an activity L1 on the hidden layer's output."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((200, 4)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(8, activation=activation, kernel_regularizer=keras.regularizers.L2(l2),
+                           activity_regularizer=keras.regularizers.L1(1e-3)),
+        keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=keras.regularizers.L1(0.01))])
+    model.compile(loss="binary_crossentropy")
+    return model, x, y

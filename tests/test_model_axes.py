@@ -39,7 +39,7 @@ def problems(text: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("text, field, words", [
-    (CATALOG + "[grid.model]\nwidth = [8]\n", "grid.model.width", "allowed: depth, kernel_initializer"),
+    (CATALOG + "[grid.model]\nwidth = [8]\n", "grid.model.width", "allowed: depth, kernel_initializer, l1, l2"),
     (USER + "[grid.model]\nwidth = [8]\n", "grid.model.width", "allowed: depth"),
     (CATALOG + "[grid.model]\ndepth = [[2, 4]]\n", "grid.model.depth", "not a TOML scalar"),
     (CATALOG + "[grid.model]\ndepth = [{a = 1}]\n", "grid.model.depth", "not a TOML scalar"),
@@ -119,7 +119,7 @@ def test_every_catalog_build_receives_the_knobs():
     # unnamed knobs keep the documents' model
     plain = parse(CATALOG, "m.toml")
     assert [layer.units for layer in problem(plain, plain.configs()[0], 0).model.layers] == [128, 64, 1]
-    assert set(EXAMPLES["exploding_gradients"].knobs) == {"depth", "kernel_initializer"}
+    assert set(EXAMPLES["exploding_gradients"].knobs) == {"depth", "kernel_initializer", "l1", "l2"}
 
 
 def test_runs_with_knobs_train_on_the_population_engine():

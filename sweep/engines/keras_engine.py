@@ -34,6 +34,17 @@ from ..spec import Config, Run, Study
 from . import Outcome, batch_order, make_optimizer, problem
 
 
+def objective(model, loss):
+    """What `model.fit` differentiates (`Trainer.compute_loss`): the data loss plus the model's
+    regularization and `add_loss` losses, each summed to a scalar, added as one sum. The sweep
+    reports and judges the data loss."""
+    from keras import ops
+
+    if not model.losses:
+        return loss
+    return ops.sum([loss, *(ops.cast(ops.sum(extra), loss.dtype) for extra in model.losses)])
+
+
 def clipping_acted(config: Config, grads, global_norm):
     """True when the optimizer's clipping changed this step's gradients (Keras's own tests; an
     Embedding's `tf.IndexedSlices` by its slices, as Keras's norms and clip_by_value take them)."""
@@ -126,7 +137,7 @@ def train_one(study: Study, config: Config, seed: int) -> Outcome:
         with tf.GradientTape() as tape:
             pred = as_float32(model(xb, training=True))
             loss = p.loss_fn(yb, pred)
-            scaled = optimizer.scale_loss(loss)  # the loss itself without loss scaling
+            scaled = optimizer.scale_loss(objective(model, loss))  # without loss scaling: the objective
         grads = tape.gradient(scaled, variables)
         # What the update uses: the gradients unscaled by the scale before this step, which
         # LossScaleOptimizer applies only if every one is finite.

@@ -85,7 +85,7 @@ from typing import Callable
 import numpy as np
 
 from ..engines import batch_order, make_optimizer, problem
-from ..engines.keras_engine import as_float32
+from ..engines.keras_engine import as_float32, objective
 from ..spec import SETTING_AXES, Config, Study
 
 
@@ -286,7 +286,7 @@ def range_test(study: Study, config: Config, seed: int, rule: Rule) -> Curve:
     def step(xb, yb):
         with tf.GradientTape() as tape:
             loss = p.loss_fn(yb, as_float32(model(xb, training=True)))
-            scaled = optimizer.scale_loss(loss)  # mixed_float16's loss scaling; else the loss
+            scaled = optimizer.scale_loss(objective(model, loss))  # mixed_float16's loss scaling
         optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return loss
 

@@ -57,6 +57,8 @@ class Architecture:
     state_dtypes: tuple = ()
     jit: bool = True
     exact_batches: bool = False  # each sample's loss is its own: a padded batch changes nothing
+    # Each layer's kernel penalty (l1, l2), Keras's L1L2 regularizer; () when no layer has one.
+    penalties: tuple[tuple[float, float], ...] = ()
 
     @property
     def variable_shapes(self) -> list[tuple[int, ...]]:
@@ -90,7 +92,24 @@ class Architecture:
     def key(self) -> tuple:
         """The architecture in words that are the same in every process (activation functions by
         their qualified names, not their addresses)."""
-        return (self.shapes, [f"{f.__module__}.{f.__qualname__}" for f in self.activations], self.accuracy)
+        return (self.shapes, [f"{f.__module__}.{f.__qualname__}" for f in self.activations], self.accuracy) \
+            + ((self.penalties,) if self.penalties else ())
+
+    def penalty(self, theta: list):
+        """Every run's kernel penalties, [K], as Keras's L1L2 computes each (l1 x sum |w|, then
+        + l2 x sum w^2) and `Trainer.compute_loss` adds them."""
+        import tensorflow as tf
+
+        terms = []
+        for kernel, (l1, l2) in zip(theta[0::2], self.penalties):
+            axes = list(range(1, len(kernel.shape)))
+            term = tf.zeros(tf.shape(kernel)[:1], kernel.dtype)
+            if l1:
+                term += l1 * tf.reduce_sum(tf.abs(kernel), axis=axes)
+            if l2:
+                term += l2 * tf.reduce_sum(tf.square(kernel), axis=axes)
+            terms.append(term)
+        return tf.add_n(terms)
 
     def flops_per_sample(self) -> int:
         """Floating-point operations of one sample's forward and backward pass through the matmuls:
@@ -160,7 +179,9 @@ class Graph:
         With `taps` (one [K, B, *lookup.shape] tensor of zeros per `Lookup`), each Embedding's
         output is its lookup plus its tap, so that the gradient with respect to a tap is the
         gradient of every row looked up, slice by slice, as Keras's optimizer receives it; the
-        ids looked up, [K, B, ...] per `Lookup`, are returned fourth (an empty list without)."""
+        ids looked up, [K, B, ...] per `Lookup`, are returned fourth (an empty list without).
+        Fifth, every run's regularization and `add_loss` losses, [K]: Keras adds them to the loss
+        it differentiates (`Trainer.compute_loss`); the data loss is what the sweep reports."""
         import tensorflow as tf
 
         from .convolution import install
@@ -173,11 +194,14 @@ class Graph:
         def one_run(args):
             weights, own_state, own_taps, xb, yb = args
             with tapped(tables, own_taps) as ids:
-                pred, own_state = self.model.stateless_call(weights, own_state, xb, training=training)
+                pred, own_state, extra = self.model.stateless_call(weights, own_state, xb, training=training,
+                                                                   return_losses=True)
             # Loss.__call__ without its reduction: the per-sample values it averages.
             values = loss.call(tf.convert_to_tensor(yb, loss.dtype), tf.convert_to_tensor(pred, loss.dtype))
             acc = accuracy(yb, pred)
-            return per_sample(values), per_sample(acc), own_state, ids
+            # The regularization and add_loss losses, summed as Trainer.compute_loss sums them.
+            penalty = tf.add_n([tf.cast(tf.reduce_sum(e), tf.float32) for e in extra]) if extra else tf.zeros([])
+            return per_sample(values), per_sample(acc), own_state, ids, penalty
 
         # pfor turns a squeeze of every size-1 axis into one that also drops the run axis when
         # there is one run (known only at run time: K is not part of the trace). keras.ops.add
@@ -190,8 +214,9 @@ class Graph:
         twice = [tf.concat([t, t[:tf.maximum(2 - k, 0)]], 0) for t in (*theta, *state, *taps, x, y)]
         ends = np.cumsum([len(theta), len(state), len(taps)])
         theta2, state2, taps2 = twice[:ends[0]], twice[ends[0]:ends[1]], twice[ends[1]:ends[2]]
-        losses, accuracies, new_state, ids = vectorized_map(one_run, (theta2, state2, taps2, twice[-2], twice[-1]))
-        return losses[:k], accuracies[:k], [v[:k] for v in new_state], [i[:k] for i in ids]
+        losses, accuracies, new_state, ids, penalty = vectorized_map(one_run, (theta2, state2, taps2, twice[-2],
+                                                                               twice[-1]))
+        return losses[:k], accuracies[:k], [v[:k] for v in new_state], [i[:k] for i in ids], penalty[:k]
 
 
 @dataclass(frozen=True)
@@ -283,20 +308,35 @@ def read_model(model, accuracy: str) -> tuple[Architecture, np.ndarray]:
     """The architecture and the flat initial weights of a Keras stack of plain Dense layers."""
     import keras
 
-    shapes, acts, weights = [], [], []
+    shapes, acts, weights, penalties = [], [], [], []
     for layer in model.layers:
         if type(layer) is not keras.layers.Dense or layer.bias is None or getattr(layer, "lora_enabled", False):
             raise Unsupported(f"layer {layer.name} ({type(layer).__name__}) is not a plain Dense layer with bias")
-        if layer.kernel_regularizer or layer.bias_regularizer or layer.activity_regularizer \
+        penalty = kernel_penalty(layer.kernel_regularizer)
+        if penalty is None or layer.bias_regularizer or layer.activity_regularizer \
                 or layer.kernel_constraint or layer.bias_constraint or layer.dtype != "float32":
-            raise Unsupported(f"layer {layer.name} has regularizers, constraints or a non-float32 dtype")
+            raise Unsupported(f"layer {layer.name} has regularizers other than L1L2 on its kernel, constraints "
+                              "or a non-float32 dtype")
         kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
         shapes.append(kernel.shape)
         acts.append(layer.activation)
+        penalties.append(penalty)
         weights += [kernel.ravel(), bias]
     if not shapes:
         raise Unsupported("model has no layers")
-    return Architecture(tuple(shapes), tuple(acts), accuracy), np.concatenate(weights)
+    penalised = tuple(penalties) if any(l1 or l2 for l1, l2 in penalties) else ()
+    return Architecture(tuple(shapes), tuple(acts), accuracy, penalties=penalised), np.concatenate(weights)
+
+
+def kernel_penalty(regularizer) -> tuple[float, float] | None:
+    """(l1, l2) of Keras's L1L2, L1 or L2 regularizer, (0, 0) of none, None of any other."""
+    import keras
+
+    if regularizer is None:
+        return 0.0, 0.0
+    if type(regularizer) in (keras.regularizers.L1L2, keras.regularizers.L1, keras.regularizers.L2):
+        return float(getattr(regularizer, "l1", 0.0)), float(getattr(regularizer, "l2", 0.0))
+    return None
 
 
 # Layer settings that shape no computation once the weights exist: two builds that differ in them

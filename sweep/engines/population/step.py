@@ -320,12 +320,14 @@ class Step:
         with tf.GradientTape() as tape:
             tape.watch([theta, taps])
             if self.graph:
-                losses, accuracies, state, ids = self.archs[0].evaluate(theta, state, xb, yb, True, taps)
+                losses, accuracies, state, ids, penalty = self.archs[0].evaluate(theta, state, xb, yb, True, taps)
             else:
                 losses, accuracies, state = self.evaluate(theta, state, xb, yb, choice, training=True)
-            loss = masked_mean(losses, valid, count)
-            # The sum's gradient with respect to run k's weights is run k's own gradient.
-            total = tf.reduce_sum(loss)
+                penalty = self.archs[0].penalty(theta) if self.archs[0].penalties else None
+            loss = masked_mean(losses, valid, count)  # the data loss: what is reported and judged
+            # The sum's gradient with respect to run k's weights is run k's own gradient; Keras
+            # differentiates the data loss plus the penalties (`keras_engine.objective`).
+            total = tf.reduce_sum(loss if penalty is None else loss + penalty)
         dense_grads, tap_grads = tape.gradient(total, [[w for i, w in enumerate(theta) if i not in tables], taps])
         found, slices = iter(dense_grads), {}
         for lookup, tap, looked_up in zip(lookups, tap_grads, ids if lookups else ()):
