@@ -143,6 +143,7 @@ class Example:
     failure: dict[str, Any]  # axes the document's failing code sets
     fix: dict[str, Any]  # axes the document's corrected code sets
     claim: str  # the document's words
+    headline: str  # the claim in a few words, for the first table of REPORT.md
     claimed_failure: tuple[str, ...]  # statuses that would confirm the failure claim
     epochs: int = 20
     notes: str = ""
@@ -251,6 +252,7 @@ _add(
         claim="Adam(learning_rate=0.01) without clipping: 'Training will likely fail due to "
         "exploding gradients' with 'the loss being reported as nan'; Adam(learning_rate=0.001, "
         "clipnorm=1.0) stabilises it.",
+        headline="Adam at 0.01 without clipping explodes to NaN; clipnorm 1.0 at 0.001 fixes it",
         claimed_failure=("nan",),
         epochs=20,
     )
@@ -274,6 +276,7 @@ _add(
         fix={"loss": "handwritten_clipped"},
         claim="A loss that takes tf.math.log of predictions that can be exactly zero 'will result "
         "in a NaN'; clipping predictions to [1e-7, 1-1e-7] makes it stable.",
+        headline="a log of predictions that reach 0 turns the training loss NaN; clipping them fixes it",
         claimed_failure=("nan",),
         epochs=20,
         notes="The document only evaluates the loss on fixed arrays; training the example-1 MLP "
@@ -299,6 +302,7 @@ _add(
         fix={"scaler": "standard"},
         claim="Without scaling, 'Training may fail or be very slow due to poorly scaled inputs'; "
         "StandardScaler 'often helps gradient descent and leads to faster and more stable training'.",
+        headline="inputs in the hundreds make training fail or crawl; StandardScaler fixes it",
         claimed_failure=("nan", "diverged", "stalled", "unstable"),
         epochs=10,
     )
@@ -324,6 +328,7 @@ _add(
         fix={"learning_rate": 0.001, "clipnorm": 1.0},
         claim="Adam(learning_rate=0.001, clipnorm=1.0) 'prevent[s] excessively large gradients "
         "from causing numerical instability' that leads to NaN loss and zero accuracy.",
+        headline="clipnorm 1.0 keeps a softmax classifier's loss from NaN",
         claimed_failure=("nan", "diverged", "stalled", "unstable"),
         epochs=10,
     )
@@ -349,6 +354,7 @@ _add(
         fix={"scaler": "minmax"},
         claim="Features 'with vastly different scales can destabilize the training process'; "
         "MinMaxScaler 'reduc[es] the risk of numerical issues'.",
+        headline="features on very different scales destabilise training; MinMaxScaler fixes it",
         claimed_failure=("nan", "diverged", "stalled", "unstable"),
         epochs=10,
     )
@@ -375,6 +381,7 @@ _add(
         claim="ReduceLROnPlateau(monitor='loss', factor=0.1, patience=3, min_lr=1e-6) 'helps to "
         "prevent overshooting' where 'a fixed learning rate might lead to oscillations or "
         "divergence', and 'has proven effective in preventing NaN issues'.",
+        headline="a fixed learning rate diverges; ReduceLROnPlateau prevents it",
         claimed_failure=("nan", "diverged", "unstable"),
         epochs=10,
     )

@@ -94,15 +94,36 @@ def memorizer_model(activation: str, seed: int):
     return model, x, y
 
 
+def normalized_model(activation: str, seed: int):
+    """tiny_model with a LayerNormalization: not a plain Dense stack, so the engine reads it as a graph."""
+    import keras
+
+    model, x, y = tiny_model(activation, seed)
+    normalized = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation=activation),
+                                   keras.layers.LayerNormalization(), keras.layers.Dense(1, activation="sigmoid")])
+    normalized.compile(loss="binary_crossentropy")
+    return normalized, x, y
+
+
 def wide_model(activation: str, seed: int):
-    """tiny_model's data through two 1024-unit layers: a run that needs far more memory."""
+    """normalized_model through two 1024-unit layers: a run that needs far more memory."""
     import keras
 
     model, x, y = tiny_model(activation, seed)
     wide = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1024, activation=activation),
-                             keras.layers.Dense(1024, activation=activation), keras.layers.Dense(1, activation="sigmoid")])
+                             keras.layers.LayerNormalization(), keras.layers.Dense(1024, activation=activation),
+                             keras.layers.Dense(1, activation="sigmoid")])
     wide.compile(loss="binary_crossentropy")
     return wide, x, y
+
+
+def smoothed_model(activation: str, seed: int):
+    """tiny_model compiled with a loss that is not a named Keras loss at its defaults."""
+    import keras
+
+    model, x, y = tiny_model(activation, seed)
+    model.compile(loss=keras.losses.BinaryCrossentropy(label_smoothing=0.1))
+    return model, x, y
 
 
 def rescaled_linear_model(activation: str, seed: int, depth: int = 0):

@@ -178,3 +178,30 @@ def test_reproduce_quick_covers_every_example(tmp_path):
         assert (row["failure_where"] == "nowhere in this space") == (row["failure_runs"] == 0)
         assert row["fix_axis"] == claim_studies.fix_change(ex)[0] and row["fix_note"]
     assert "claims reproduced" in result.output
+
+
+BASE = {"reproduced": False, "failure_reproduced": False, "fix_reproduced": True, "space_study": "s",
+        "failure_runs": 0, "space_runs": 100, "claimed_failure": "nan", "failure_where": "nowhere in this space",
+        "failure_runs_with_fix": 0, "failure_runs_without_fix": 0, "fix_edge_shift_high": 2.0,
+        "fix_rescue_rate": 0.25, "measured_failure": "stable 5/5 (median final loss / l0 0.4)",
+        "measured_fix": "stable 5/5 (median final loss / l0 0.7)"}
+
+
+@pytest.mark.parametrize("change, verdict, evidence", [
+    ({}, "does not hold", "stable 5/5 at the document's configuration; never nan in 0 of 100 runs of the space"),
+    ({"reproduced": True, "failure_reproduced": True, "measured_failure": "nan 4/5, stable 1/5"}, "holds",
+     "nan 4/5, stable 1/5 at the document's configuration, stable 5/5 with its fix"),
+    ({"failure_runs": 7, "failure_where": "nan where learning_rate >= 3 and optimizer in {sgd}"},
+     "only where learning_rate >= 3 and optimizer in {sgd}",
+     "stable 5/5 at the document's configuration; nan in 7 of 100 runs of the space"),
+    ({"failure_runs": 9, "failure_runs_with_fix": 6, "failure_runs_without_fix": 3}, "the opposite",
+     "nan in 6 runs with the fix, 3 without"),
+    ({"failure_runs": 1, "fix_edge_shift_high": 0.5}, "the opposite", "nan in 0 runs with the fix, 0 without"),
+    ({"failure_reproduced": True, "fix_reproduced": False, "measured_fix": "stalled 5/5"},
+     "the failure holds, not the fix", "stalled 5/5 with the fix; rescues 25 % of failing cells"),
+    ({"space_study": "", "reproduced": True, "measured_failure": "1/20 draws contain an exact zero; in those"},
+     "holds", "1/20 draws contain an exact zero"),
+])
+def test_the_short_verdict_of_a_claim(change, verdict, evidence):
+    assert claims.short_verdict({**BASE, **change}) == (verdict, evidence)
+

@@ -16,14 +16,15 @@ def graph_of(builder: str) -> Graph:
 
 
 def test_a_graphs_activations_are_measured_from_its_traced_forward_pass():
-    small, wide = graph_of("tiny_model"), graph_of("wide_model")
-    # tiny_model: 4 inputs -> Dense(8) -> Dense(1); at least its inputs and layer outputs.
-    assert small.widths >= 4 + 8 + 1
+    small, wide = graph_of("normalized_model"), graph_of("wide_model")
+    # normalized_model: 4 inputs -> Dense(8) -> LayerNormalization -> Dense(1); at least its
+    # inputs and layer outputs.
+    assert small.widths >= 4 + 8 + 8 + 1
     assert wide.widths > 50 * small.widths  # Dense(1024) x 2 on 4 inputs
 
 
 def test_k_follows_the_measured_cost_on_cpu_and_fills_a_gpu(monkeypatch):
-    small, wide = graph_of("tiny_model"), graph_of("wide_model")
+    small, wide = graph_of("normalized_model"), graph_of("wide_model")
     monkeypatch.setattr(sizing, "gpu_free_memory", lambda: None)
     monkeypatch.setattr(sizing, "available_host_memory", lambda: 64 << 30)
     assert population_size(small, 32, 200, "adam") == sizing.CPU_MAX_K
@@ -38,5 +39,6 @@ def test_k_follows_the_measured_cost_on_cpu_and_fills_a_gpu(monkeypatch):
 
 
 def test_a_user_builder_has_a_capacity_on_the_population_engine():
-    s = parse(USER.format("tiny_model"), "u.toml")
-    assert PopulationEngine().capacity(s) >= 1
+    for builder in ("tiny_model", "normalized_model"):
+        s = parse(USER.format(builder), "u.toml")
+        assert PopulationEngine().capacity(s) >= 1

@@ -441,6 +441,27 @@ def test_user_builders_train_on_the_population_engine():
     assert isinstance(out, Outcome) and out.engine == "population" and len(out.epoch_loss) == 1
 
 
+@pytest.mark.parametrize("builder, dense_path", [("tiny_model", True), ("smoothed_model", False),
+                                                 ("normalized_model", False)])
+def test_a_users_plain_dense_stack_with_a_named_loss_takes_the_dense_path(builder, dense_path):
+    """The catalog's hand-written Dense path serves a user's plain Dense stack compiled with a
+    Keras loss by name at its defaults (`model.named_loss`); another loss or layer reads as a
+    graph. Either way the runs are Keras's."""
+    from sweep.engines.keras_engine import KerasEngine
+    from sweep.engines.population import Architecture, initial_model
+
+    s = parse(f'[study]\nname="u"\nexample="builders:{builder}"\nepochs=3\nseeds=[0, 1]\n'
+              '[grid]\nlearning_rate=[0.01, 0.1]\nactivation=["relu", "tanh"]', "u.toml")
+    arch, _ = initial_model(s, s.plan()[0].config, 0)
+    assert isinstance(arch, Architecture) == dense_path
+    if dense_path:
+        assert arch.loss == "binary_crossentropy"
+    pop, ref = PopulationEngine().train(s, s.plan()), KerasEngine().train(s, s.plan())
+    for p, k in zip(pop, ref):
+        assert p.engine == "population"
+        np.testing.assert_allclose(p.epoch_loss, k.epoch_loss, rtol=1e-5)
+
+
 def test_plateau_follows_keras_reduce_lr_on_plateau():
     """The host-side rules against Keras's callback on the same losses, epoch by epoch."""
     import keras

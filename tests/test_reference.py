@@ -10,6 +10,7 @@ import pytest
 import sweep
 from sweep.results import maps, rangetest
 from sweep.catalog import EXAMPLES
+from sweep.claims import report
 from sweep.claims.reproduce import load_claims
 from sweep.driver.workers import execute
 from sweep.spec import Run, config_from_dict, load
@@ -88,3 +89,16 @@ def test_rerunning_committed_runs_gives_the_same_verdicts(request):
               f"re-run {again['status']} {again['final_loss']:.6g}")
         assert again["status"] == row["status"]
         assert again["final_loss"] == pytest.approx(row["final_loss"], rel=1e-4, nan_ok=True)
+
+
+def test_the_report_opens_with_one_short_table_linking_each_section():
+    table = load_claims(RESULTS)
+    heading = report.heading(table.iloc[0])
+    assert report.anchor(heading).startswith(str(table.iloc[0]["example"]))
+    text = (RESULTS / "REPORT.md").read_text()
+    first = text.split("\n\n| claim | verdict |", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert len(first) == 1 + len(table)  # the separator, then a row per claim
+    for (_, c), line in zip(table.iterrows(), first[1:]):
+        assert line.startswith(f"| {c['headline']} | **{c['verdict']}** |")
+        assert f"(#{report.anchor(report.heading(c))})" in line
+        assert f"### {report.heading(c)}" in text

@@ -68,6 +68,15 @@ def write_report(out: Path, claims: pd.DataFrame, *, quick: bool, command: str) 
     for d in full:
         lines.append(f"sweep run studies/{d.name}.toml --results {out} && sweep map {out}/{d.name} --png")
     lines += ["```", ""]
+    lines += ["| claim | verdict | the number that carries it | detail |", "|---|---|---|---|"]
+    for _, c in claims.iterrows():
+        lines.append(f"| {_md(c['headline'])} | **{_md(c['verdict'])}** | {_md(c['evidence'])} | "
+                     f"[{c['example']}](#{anchor(heading(c))}) |")
+    lines += ["", "Verdicts: *holds* (the document's failure configuration fails as claimed and its fix is "
+              "stable, by majority of 5 seeds on the keras engine), *only where ...* (it does not, but runs of "
+              "the example's wider space do, in that region), *does not hold* (no run of the space fails so), "
+              "*the opposite* (the claimed failure is more frequent with the fix, or the fix lowers the edge), "
+              "*the failure holds, not the fix*.", "", "## Detail", ""]
     lines += ["Per claim: (b) the document's failure and fix configurations, exactly, on the keras engine "
               "(the reference; the learning-rate sweep around them on its own engine beside it). A failure "
               "claim reproduces when a strict majority of the failure configuration's seeds end in a claimed "
@@ -103,11 +112,25 @@ def write_report(out: Path, claims: pd.DataFrame, *, quick: bool, command: str) 
     return path
 
 
+def heading(c) -> str:
+    ex = EXAMPLES[str(c["example"])]
+    return f"{c['example']}: {ex.document}, {ex.section}" + ("" if given(c["study"]) else " (direct evaluation)")
+
+
+def anchor(title: str) -> str:
+    """The link target GitHub and most Markdown renderers give a heading.
+
+    >>> anchor("log_of_zero: tf-optimizer-error.md, Example 2: Numerical Instability (direct evaluation)")
+    'log_of_zero-tf-optimizer-errormd-example-2-numerical-instability-direct-evaluation'
+    """
+    kept = "".join(ch for ch in title.lower() if ch.isalnum() or ch in " -_")
+    return kept.replace(" ", "-")
+
+
 def _claim_section(out: Path, c) -> list[str]:
     ex = EXAMPLES[str(c["example"])]
     direct = not given(c["study"])
-    lines = [f"## {c['example']}: {ex.document}, {ex.section}" + (" (direct evaluation)" if direct else ""), "",
-             f"**(a) The document says:** {c['claim']}", ""]
+    lines = [f"### {heading(c)}", "", f"**(a) The document says:** {c['claim']}", ""]
     if direct:
         return lines + [f"- failure: {c['failure_config']} → measured: {c['measured_failure']}",
                         f"- fix: {c['fix_config']} → measured: {c['measured_fix']}",

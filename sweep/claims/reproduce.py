@@ -27,7 +27,7 @@ report (`sweep.claims.report`)::
 
     >>> from sweep.claims.reproduce import CLAIM_COLUMNS
     >>> CLAIM_COLUMNS.names[:4]
-    ['example', 'document', 'claim', 'failure_config']
+    ['example', 'document', 'claim', 'headline']
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ CLAIM_COLUMNS = pa.schema([
     ("example", pa.string()),
     ("document", pa.string()),
     ("claim", pa.string()),
+    ("headline", pa.string()),  # the claim in a few words
+    ("verdict", pa.string()),  # `short_verdict`: holds / does not hold / the opposite / only where ... / half
+    ("evidence", pa.string()),  # the one measured number that carries the verdict
+    ("failure_reproduced", pa.bool_()),  # (b): a majority of the failure configuration's seeds fail as claimed
+    ("fix_reproduced", pa.bool_()),  # (b): a majority of the fix configuration's seeds are stable
     ("failure_config", pa.string()),
     ("fix_config", pa.string()),
     ("claimed_failure", pa.string()),
@@ -171,7 +176,8 @@ def judge_claim(ex: Example, reference: pd.DataFrame, sweep: pd.DataFrame, bound
     if sweep_fail.n and (sweep_fail.majority(ex.claimed_failure), sweep_fix.majority(("stable",))) != (failure_ok, fix_ok):
         note += f" ({_engines(sweep)} at the same configurations decides otherwise: see sweep_failure, sweep_fix)"
     return {
-        "example": ex.id, "document": ex.document, "claim": ex.claim,
+        "example": ex.id, "document": ex.document, "claim": ex.claim, "headline": ex.headline,
+        "failure_reproduced": failure_ok, "fix_reproduced": fix_ok,
         "failure_config": describe(ex.failure), "fix_config": describe(ex.fix),
         "claimed_failure": " or ".join(ex.claimed_failure), "measured_failure": fail.text(),
         "claimed_fix": "stable", "measured_fix": fix.text(), "reproduced": reproduced, "note": note,
@@ -231,6 +237,50 @@ def answer_space(ex: Example, trials: pd.DataFrame, space: str = "") -> dict:
     return row
 
 
+def short_verdict(c: dict) -> tuple[str, str]:
+    """A claim's verdict in a few words and the one number that carries it, from its row
+    (`judge_claim` and `answer_space`, or `direct_claim`):
+
+    * "holds": the document's failure configuration fails as claimed and its fix is stable;
+    * "the opposite": the claimed failure is more frequent with the fix than without it, or the
+      fix moves the edge down (the bootstrap interval of the edge ratio below 1);
+    * "only where ...": the failure configuration does not fail as claimed, but runs of the
+      wider space do, in the region the rule names;
+    * "does not hold": no run of the space fails as claimed;
+    * "the failure holds, not the fix": the failure reproduces, the fix is not stable.
+
+    >>> verdict, evidence = short_verdict({"reproduced": False, "failure_reproduced": False, "fix_reproduced": True,
+    ...                "space_study": "s", "failure_runs": 3, "space_runs": 2673, "claimed_failure": "nan",
+    ...                "failure_where": "nan where learning_rate >= 10", "failure_runs_with_fix": 0,
+    ...                "failure_runs_without_fix": 3, "fix_edge_shift_high": 1.0, "measured_failure": "stable 5/5"})
+    >>> verdict
+    'only where learning_rate >= 10'
+    >>> print(evidence)
+    stable 5/5 at the document's configuration; nan in 3 of 2673 runs of the space
+    """
+    failure, fix = c["measured_failure"].split(" (median")[0], c.get("measured_fix", "").split(" (median")[0]
+    if not c.get("space_study"):  # the direct evaluation: no space to look in
+        return ("holds" if c["reproduced"] else "does not hold"), failure.split(";")[0]
+    claimed, runs = c["claimed_failure"], f"{c['failure_runs']} of {c['space_runs']} runs of the space"
+    worse = (c["failure_runs_with_fix"] > c["failure_runs_without_fix"]
+             or (c.get("fix_edge_shift_high") is not None and c["fix_edge_shift_high"] < 1))
+    if worse:
+        return "the opposite", (f"{claimed} in {c['failure_runs_with_fix']} runs with the fix, "
+                                f"{c['failure_runs_without_fix']} without")
+    if c["reproduced"]:
+        return "holds", f"{failure} at the document's configuration, {fix} with its fix"
+    if c["failure_reproduced"]:
+        return "the failure holds, not the fix", f"{fix} with the fix; rescues {_share(c.get('fix_rescue_rate'))} of failing cells"
+    if not c["failure_runs"]:
+        return "does not hold", f"{failure} at the document's configuration; never {claimed} in {runs}"
+    where = c["failure_where"].split(" where ", 1)[1] if " where " in c["failure_where"] else "everywhere"
+    return f"only where {where}", f"{failure} at the document's configuration; {claimed} in {runs}"
+
+
+def _share(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}".replace("%", " %")
+
+
 def direct_claim(seeds=DIRECT_SEEDS) -> tuple[dict, pd.DataFrame]:
     """log_of_zero as the document runs it: its two losses on fixed random arrays, per seed."""
     ex = EXAMPLES["log_of_zero"]
@@ -249,7 +299,8 @@ def direct_claim(seeds=DIRECT_SEEDS) -> tuple[dict, pd.DataFrame]:
     note = (f"log(0) does break the loss, but as {kind}, and the document's arrays rarely contain a zero: "
             f"{len(with_zero)} of {len(evals)} seeds (expected {p_zero:.1%}: 100 draws below 0.001)")
     row = {
-        "example": ex.id, "document": ex.document,
+        "example": ex.id, "document": ex.document, "failure_reproduced": reproduced, "fix_reproduced": reproduced,
+        "headline": "log(0) in a hand-written loss gives NaN; clipping predictions fixes it (no training)",
         "claim": "custom_loss_incorrect on y_pred with values below 0.001 set to 0.0: 'Loss function "
                  "calculation will result in a NaN if y_pred is 0 or 1'; custom_loss_corrected clips to [1e-7, 1-1e-7].",
         "failure_config": "direct evaluation as written: y_true ~ U(0,1), y_pred ~ U(0,1) 100x1, "
@@ -263,6 +314,7 @@ def direct_claim(seeds=DIRECT_SEEDS) -> tuple[dict, pd.DataFrame]:
 
 
 def write_claims(rows: list[dict], path: Path) -> None:
+    rows = [{**r, **dict(zip(("verdict", "evidence"), short_verdict(r)))} for r in rows]
     table = pa.Table.from_pylist([{n: r.get(n) for n in CLAIM_COLUMNS.names} for r in rows], schema=CLAIM_COLUMNS)
     reports.write_atomic(table.replace_schema_metadata({"schema_version": reports.SCHEMA_VERSION}), path)
 

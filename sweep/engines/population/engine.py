@@ -21,9 +21,9 @@ from typing import Sequence
 from ...catalog import EXAMPLES
 from ...spec import CLIP_AXES, Config, Run, Study
 from .. import Outcome, run_data
-from .model import Graph, Unsupported, initial_model
+from .model import KERAS_LOSSES, Graph, Unsupported, initial_model
 from .sizing import concurrent_populations, population_size, populations
-from .step import KERAS_LOSSES, SLOTS, WRITTEN_LOSSES
+from .step import SLOTS, WRITTEN_LOSSES
 from .train import train_population
 
 # Activations share a program while the group trains at most this many samples (runs x epochs x

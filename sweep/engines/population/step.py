@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from ...catalog import make_loss
-from .model import Architecture, Graph, Unsupported, per_sample_accuracy, vectorized_map
+from .model import KERAS_LOSSES, Architecture, Graph, Unsupported, per_sample_accuracy, vectorized_map
 
 # Keras's defaults for the optimizers the sweep builds (keras.optimizers.Adam(), SGD(), RMSprop()).
 ADAM = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
@@ -47,9 +47,6 @@ def slot_names(optimizer: str, momentum: bool) -> tuple[str, ...]:
     """The optimizer slots a program carries: SGD's momentum slot only where its runs have momentum."""
     return SLOTS[optimizer] + (SGD_MOMENTUM_SLOTS if momentum and optimizer == "sgd" else ())
 
-# Keras's per-sample loss functions for the losses it compiles by name.
-KERAS_LOSSES = {"binary_crossentropy": "binary_crossentropy",
-                "categorical_crossentropy": "categorical_crossentropy", "mse": "mean_squared_error"}
 WRITTEN_LOSSES = ("handwritten", "handwritten_clipped")
 
 
@@ -291,7 +288,7 @@ class Step:
         self.momentum = momentum and optimizer == "sgd"  # SGD's momentum branch, per run
         self.graph = isinstance(self.archs[0], Graph)
         if not self.graph:
-            self.loss = per_sample_loss(loss)
+            self.loss = per_sample_loss(self.archs[0].loss or loss)
             self.accuracy = accuracy_of(self.archs[0].accuracy)
 
     def evaluate(self, theta: list, state: list, x, y, choice, training: bool):
