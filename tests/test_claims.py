@@ -199,8 +199,9 @@ BASE = {"reproduced": False, "failure_reproduced": False, "fix_reproduced": True
     ({"failure_runs": 1, "fix_edge_shift_high": 0.5}, "the opposite", "nan in 0 runs with the fix, 0 without"),
     ({"failure_reproduced": True, "fix_reproduced": False, "measured_fix": "stalled 5/5"},
      "the failure holds, not the fix", "stalled 5/5 with the fix; rescues 25 % of failing cells"),
-    ({"space_study": "", "reproduced": True, "measured_failure": "1/20 draws contain an exact zero; in those"},
-     "holds", "1/20 draws contain an exact zero"),
+    ({"space_study": "", "reproduced": True,
+      "measured_failure": "1/20 draws contain an exact zero; in those non-finite 1/1; finite in the 19 without"},
+     "holds", "1/20 draws contain an exact zero; in those non-finite 1/1"),
 ])
 def test_the_short_verdict_of_a_claim(change, verdict, evidence):
     assert claims.short_verdict({**BASE, **change}) == (verdict, evidence)

@@ -197,7 +197,7 @@ def boundary_md(boundary: pd.DataFrame) -> list[str]:
 
 def claim_text(c) -> tuple[str, list[str]]:
     """One claim as `sweep reproduce` prints it: a heading and a sentence per answer."""
-    return (f"{c['example']}: reproduced {'yes' if c['reproduced'] else 'no'}", [
+    return (f"{c['example']}: {c['verdict']} ({c['evidence']})", [
         f"at the document's failure configuration ({c['failure_config']}): {c['measured_failure']}",
         f"at its fix ({c['fix_config']}): {c['measured_fix']}",
         f"where the claimed failure occurs: {where_text(c)}",

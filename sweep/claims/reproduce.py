@@ -260,7 +260,7 @@ def short_verdict(c: dict) -> tuple[str, str]:
     """
     failure, fix = c["measured_failure"].split(" (median")[0], c.get("measured_fix", "").split(" (median")[0]
     if not c.get("space_study"):  # the direct evaluation: no space to look in
-        return ("holds" if c["reproduced"] else "does not hold"), failure.split(";")[0]
+        return ("holds" if c["reproduced"] else "does not hold"), "; ".join(failure.split("; ")[:2])
     claimed, runs = c["claimed_failure"], f"{c['failure_runs']} of {c['space_runs']} runs of the space"
     worse = (c["failure_runs_with_fix"] > c["failure_runs_without_fix"]
              or (c.get("fix_edge_shift_high") is not None and c["fix_edge_shift_high"] < 1))

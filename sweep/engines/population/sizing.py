@@ -5,7 +5,10 @@ and optimizer slots with their updated copies, the step's activations, its batch
 CPU worker K is at most `CPU_MAX_K`, past which the population's weights and slots no longer
 stay in cache and each run costs more; several populations run at once, one per TensorFlow
 CPU thread (`concurrent_populations`), together within `CPU_MEMORY_FRACTION` of the memory
-available to the process (MemAvailable, bounded by the cgroup limit). On a GPU worker K is
+available to the process (MemAvailable, bounded by the cgroup limit). Where memory is not the
+limit, a run's time per epoch no longer falls past K = 32-48 for any model kind measured (the
+catalog MLP, a CNN, a SimpleRNN: within 1.00-1.04x of the best K at 48, gaining at most 4 % at 96;
+`python scripts/bench_population_size.py`), so the cap is one number. On a GPU worker K is
 at most `GPU_MAX_K` and one population runs at a time, within `GPU_MEMORY_FRACTION` of the GPU
 memory TensorFlow may still allocate. A group larger than K is cut into the fewest
 populations of at most K runs, all of one size, so that XLA compiles once per group::
