@@ -359,6 +359,21 @@ def test_an_embeddings_gradient_is_taken_slice_by_slice_as_keras_takes_it(optimi
         population_model.built_model.cache_clear()
 
 
+def test_programs_of_an_embedding_model_trace_side_by_side_with_curvature():
+    """Two groups (sgd, adam) of one model trace their programs on the engine's two threads at
+    once, each tapping the same Embedding layer (`model.tapped`): they take turns, and each run
+    is Keras's, its sharpness too (the probe differentiates the table's dense gradient)."""
+    s = parse('[study]\nname="c"\nexample="model_zoo:embed_conv"\nepochs=2\nseeds=[0]\n[grid]\n'
+              'learning_rate=[0.01]\noptimizer=["sgd", "adam"]\nbatch_size=[16]\n[telemetry]\n'
+              'sharpness = {every_epochs = 1, iterations = 10, samples = 50}\n', "c.toml")
+    pop, ref = PopulationEngine().train(s, s.plan()), KerasEngine().train(s, s.plan())
+    for p, k in zip(pop, ref):
+        assert isinstance(p, Outcome) and p.engine == "population", p
+        np.testing.assert_allclose(p.epoch_loss, k.epoch_loss, rtol=1e-5)
+        assert p.sharpness.keys() == k.sharpness.keys()
+        np.testing.assert_allclose(list(p.sharpness.values()), list(k.sharpness.values()), rtol=1e-4)
+
+
 def test_a_lone_run_of_a_convolutional_model_trains_on_the_population_engine():
     """A population of one run (and l0's evaluation, which takes each seed once): pfor squeezed
     the run axis away with Keras's bias and failed, until `Graph.evaluate` mapped at least two."""

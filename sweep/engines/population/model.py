@@ -197,7 +197,9 @@ class Graph:
 
         def one_run(args):
             weights, own_state, own_taps, xb, yb = args
-            with tapped(tables, own_taps) as ids:
+            # Programs of one model trace on the engine's threads at once: one at a time through its
+            # layers, so that none traces an Embedding while another has it tapped.
+            with _tracing, tapped(tables, own_taps) as ids:
                 pred, own_state, extra = self.model.stateless_call(weights, own_state, xb, training=training,
                                                                    return_losses=True)
             # Loss.__call__ without its reduction: the per-sample values it averages.
@@ -241,6 +243,9 @@ class Lookup:
     def layer(self, model):
         return next(layer for layer in model._flatten_layers() if getattr(layer, "embeddings", None) is not None
                     and layer.embeddings.path == self.path)
+
+
+_tracing = threading.RLock()
 
 
 @contextlib.contextmanager
