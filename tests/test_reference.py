@@ -97,8 +97,8 @@ def test_the_report_opens_with_one_short_table_linking_each_section():
     assert report.anchor(heading).startswith(str(table.iloc[0]["example"]))
     text = (RESULTS / "REPORT.md").read_text()
     first = text.split("\n\n| claim | verdict |", 1)[1].split("\n\n", 1)[0].splitlines()
-    assert len(first) == 1 + len(table)  # the separator, then a row per claim
-    for (_, c), line in zip(table.iterrows(), first[1:]):
+    assert len(first) == 2 + len(table)  # the rest of the header, the separator, then a row per claim
+    for (_, c), line in zip(table.iterrows(), first[2:]):
         assert line.startswith(f"| {c['headline']} | **{c['verdict']}** |")
         assert f"(#{report.anchor(report.heading(c))})" in line
         assert f"### {report.heading(c)}" in text
