@@ -50,6 +50,7 @@ from ..results import maps, reports
 from ..spec import SETTING_AXES, Study, config_from_dict, load, parse
 from ..spec import format_value as _fmt
 from ..verdict import ORCHESTRATOR_STATUSES, STATUSES
+from .report import share
 from .studies import KINDS, describe, fix_change, space_text, study_toml
 
 CLAIMS_FILE = "claims.parquet"
@@ -270,15 +271,11 @@ def short_verdict(c: dict) -> tuple[str, str]:
     if c["reproduced"]:
         return "holds", f"{failure} at the document's configuration, {fix} with its fix"
     if c["failure_reproduced"]:
-        return "the failure holds, not the fix", f"{fix} with the fix; rescues {_share(c.get('fix_rescue_rate'))} of failing cells"
+        return "the failure holds, not the fix", f"{fix} with the fix; rescues {share(c.get('fix_rescue_rate'))} of failing cells"
     if not c["failure_runs"]:
         return "does not hold", f"{failure} at the document's configuration; never {claimed} in {runs}"
     where = c["failure_where"].split(" where ", 1)[1] if " where " in c["failure_where"] else "everywhere"
     return f"only where {where}", f"{failure} at the document's configuration; {claimed} in {runs}"
-
-
-def _share(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}".replace("%", " %")
 
 
 def direct_claim(seeds=DIRECT_SEEDS) -> tuple[dict, pd.DataFrame]:
